@@ -1,0 +1,86 @@
+package handlers
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"net"
+	"net/http"
+	"time"
+)
+
+// ClientOptions shapes the HTTP client shared by a vendor's API calls and its token requests.
+type ClientOptions struct {
+	Timeout      time.Duration // bound on one request, token requests included
+	MaxIdleConns int           // idle keep-alive connections kept per host (≈ concurrency)
+	// Wrap, if set, wraps the transport (the worker uses it to count attempts).
+	Wrap func(http.RoundTripper) http.RoundTripper
+}
+
+// ErrRedirect is returned for any redirect: a PAM API that redirects is misconfigured or
+// intercepted, and following it could carry the bearer token elsewhere.
+var ErrRedirect = errors.New("the server answered with a redirect; redirects are not followed")
+
+// NewHTTPClient returns a client with TLS verification on (TLS 1.2 at least), keep-alive
+// connection reuse, a per-request timeout and no redirects.
+func NewHTTPClient(o ClientOptions) *http.Client {
+	idle := max(o.MaxIdleConns, 4)
+	var rt http.RoundTripper = &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12},
+		ForceAttemptHTTP2:     true,
+		MaxIdleConns:          idle * 2,
+		MaxIdleConnsPerHost:   idle,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   5 * time.Second,
+		ExpectContinueTimeout: time.Second,
+	}
+	if o.Wrap != nil {
+		rt = o.Wrap(rt)
+	}
+	return &http.Client{
+		Transport: rt,
+		Timeout:   o.Timeout,
+		CheckRedirect: func(*http.Request, []*http.Request) error {
+			return ErrRedirect
+		},
+	}
+}
+
+// Call names the API call a request belongs to, carried in its context so the transport can
+// label what it observes without the vendor clients knowing about metrics.
+type Call struct {
+	Target string // TargetLabel, e.g. "segura/default"
+	Action string // the action subject, or "oauth_token" for a token request
+}
+
+type callKey struct{}
+
+// WithCall returns ctx carrying c.
+func WithCall(ctx context.Context, c Call) context.Context {
+	return context.WithValue(ctx, callKey{}, c)
+}
+
+// CallFrom returns the Call carried by ctx.
+func CallFrom(ctx context.Context) (Call, bool) {
+	c, ok := ctx.Value(callKey{}).(Call)
+	return c, ok
+}
+
+// TransportError turns an error from http.Client.Do into a RetryableError: a timeout or a
+// connection failure. A refused redirect is permanent. A cancelled parent context is returned
+// as it is, so the caller sees that it is shutting down rather than a vendor failure.
+func TransportError(ctx context.Context, err error) error {
+	if errors.Is(err, ErrRedirect) {
+		return &PermanentError{VendorError{Code: "redirect", Message: ErrRedirect.Error()}}
+	}
+	if errors.Is(ctx.Err(), context.Canceled) {
+		return ctx.Err()
+	}
+	var ne net.Error
+	if errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {
+		return &RetryableError{Reason: ReasonTimeout, Err: err}
+	}
+	return &RetryableError{Reason: ReasonConnection, Err: err}
+}
