@@ -1,0 +1,461 @@
+// Package config loads pamworker's settings from the environment and an optional YAML file
+// (PAMWORKER_CONFIG), resolves defaults in one place and validates everything before anything
+// starts: a missing or malformed setting is one error naming it.
+package config
+
+import (
+	"bytes"
+	"cmp"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/pamworker/pamworker/handlers"
+)
+
+// Config is every setting of the worker, resolved.
+type Config struct {
+	NATSURL         handlers.Secret // empty: start the embedded server (a URL may hold a password)
+	NATSListen      string          // embedded server's client address
+	DataDir         string          // embedded server's file store
+	HTTPAddr        string          // /metrics, /healthz, /readyz
+	Concurrency     int
+	HTTPTimeout     time.Duration // one API attempt
+	MaxEventBytes   int
+	MaxDeliveries   int
+	RetryMaxElapsed time.Duration
+	AckWait         time.Duration
+	DedupTTL        time.Duration
+	ShutdownTimeout time.Duration
+	LogLevel        slog.Level
+
+	Segura  map[string]Segura  // by target name; "default" from the environment
+	Element map[string]Element // by target name
+}
+
+// Segura is one Segura instance.
+type Segura struct {
+	URL          string
+	ClientID     string
+	ClientSecret handlers.Secret
+	TokenURL     string // default URL + /iso/oauth2/token
+	APIPrefix    string // default /api
+}
+
+// Element is one Element cluster.
+type Element struct {
+	URL      string
+	Username string
+	Password handlers.Secret
+}
+
+// Defaults of the settings that have one.
+const (
+	DefaultNATSListen      = "127.0.0.1:4222"
+	DefaultDataDir         = "pamworker-data"
+	DefaultHTTPAddr        = "127.0.0.1:9464"
+	DefaultConcurrency     = 32
+	DefaultHTTPTimeout     = 10 * time.Second
+	DefaultMaxEventBytes   = 64 << 10
+	DefaultMaxDeliveries   = 5
+	DefaultRetryMaxElapsed = 30 * time.Second
+	DefaultAckWait         = 30 * time.Second
+	DefaultDedupTTL        = 24 * time.Hour
+	DefaultShutdownTimeout = 20 * time.Second
+)
+
+// env lists every variable the worker reads. Secrets also have a _FILE form.
+var env = map[string]bool{ // name → has a _FILE form
+	"PAMWORKER_CONFIG": false, "PAMWORKER_NATS_URL": true, "PAMWORKER_NATS_LISTEN": false,
+	"PAMWORKER_DATA_DIR": false, "PAMWORKER_HTTP_ADDR": false, "PAMWORKER_CONCURRENCY": false,
+	"PAMWORKER_HTTP_TIMEOUT": false, "PAMWORKER_MAX_EVENT_BYTES": false,
+	"PAMWORKER_MAX_DELIVERIES": false, "PAMWORKER_RETRY_MAX_ELAPSED": false,
+	"PAMWORKER_ACK_WAIT": false, "PAMWORKER_DEDUP_TTL": false, "PAMWORKER_SHUTDOWN_TIMEOUT": false,
+	"PAMWORKER_LOG_LEVEL": false,
+	"PAMWORKER_SEGURA_URL": false, "PAMWORKER_SEGURA_CLIENT_ID": true,
+	"PAMWORKER_SEGURA_CLIENT_SECRET": true, "PAMWORKER_SEGURA_TOKEN_URL": false,
+	"PAMWORKER_SEGURA_API_PREFIX": false, "PAMWORKER_ELEMENT_URL": false,
+	"PAMWORKER_ELEMENT_USERNAME": true, "PAMWORKER_ELEMENT_PASSWORD": true,
+}
+
+// Variables returns the names of every environment variable the worker reads.
+func Variables() []string {
+	var out []string
+	for name, file := range env {
+		out = append(out, name)
+		if file {
+			out = append(out, name+"_FILE")
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// file is the YAML shape. Strings are parsed here so errors can name the key.
+type file struct {
+	NATSURL         string                 `yaml:"nats_url"`
+	NATSURLFile     string                 `yaml:"nats_url_file"`
+	NATSListen      string                 `yaml:"nats_listen"`
+	DataDir         string                 `yaml:"data_dir"`
+	HTTPAddr        string                 `yaml:"http_addr"`
+	Concurrency     string                 `yaml:"concurrency"`
+	HTTPTimeout     string                 `yaml:"http_timeout"`
+	MaxEventBytes   string                 `yaml:"max_event_bytes"`
+	MaxDeliveries   string                 `yaml:"max_deliveries"`
+	RetryMaxElapsed string                 `yaml:"retry_max_elapsed"`
+	AckWait         string                 `yaml:"ack_wait"`
+	DedupTTL        string                 `yaml:"dedup_ttl"`
+	ShutdownTimeout string                 `yaml:"shutdown_timeout"`
+	LogLevel        string                 `yaml:"log_level"`
+	Segura          map[string]seguraFile  `yaml:"segura"`
+	Element         map[string]elementFile `yaml:"element"`
+}
+
+type seguraFile struct {
+	URL              string `yaml:"url"`
+	ClientID         string `yaml:"client_id"`
+	ClientIDFile     string `yaml:"client_id_file"`
+	ClientSecret     string `yaml:"client_secret"`
+	ClientSecretFile string `yaml:"client_secret_file"`
+	TokenURL         string `yaml:"token_url"`
+	APIPrefix        string `yaml:"api_prefix"`
+}
+
+type elementFile struct {
+	URL          string `yaml:"url"`
+	Username     string `yaml:"username"`
+	UsernameFile string `yaml:"username_file"`
+	Password     string `yaml:"password"`
+	PasswordFile string `yaml:"password_file"`
+}
+
+// Load reads the configuration from the environment (getenv, and environ to find unknown
+// PAMWORKER_ variables) and the YAML file it names. The environment wins over the file.
+func Load(getenv func(string) string, environ []string) (Config, error) {
+	for _, kv := range environ {
+		name, _, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(name, "PAMWORKER_") {
+			continue
+		}
+		base, isFile := strings.CutSuffix(name, "_FILE")
+		if hasFile, known := env[name]; known && (!isFile || hasFile) {
+			continue
+		}
+		if hasFile := env[base]; isFile && hasFile {
+			continue
+		}
+		return Config{}, fmt.Errorf("%s: unknown setting (known: %s)", name, strings.Join(Variables(), ", "))
+	}
+
+	var f file
+	if path := getenv("PAMWORKER_CONFIG"); path != "" {
+		raw, err := os.ReadFile(path)
+		if err != nil {
+			return Config{}, fmt.Errorf("PAMWORKER_CONFIG: %w", err)
+		}
+		dec := yaml.NewDecoder(bytes.NewReader(raw))
+		dec.KnownFields(true)
+		if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) { // io.EOF: an empty file
+			return Config{}, fmt.Errorf("PAMWORKER_CONFIG %s: %w", path, err)
+		}
+	}
+	l := loader{getenv: getenv}
+	c := Config{
+		NATSURL:         handlers.NewSecret(l.secret("PAMWORKER_NATS_URL", f.NATSURL, f.NATSURLFile)),
+		NATSListen:      cmp.Or(getenv("PAMWORKER_NATS_LISTEN"), f.NATSListen, DefaultNATSListen),
+		DataDir:         cmp.Or(getenv("PAMWORKER_DATA_DIR"), f.DataDir, DefaultDataDir),
+		HTTPAddr:        cmp.Or(getenv("PAMWORKER_HTTP_ADDR"), f.HTTPAddr, DefaultHTTPAddr),
+		Concurrency:     l.integer("PAMWORKER_CONCURRENCY", f.Concurrency, DefaultConcurrency, 1, 1024),
+		HTTPTimeout:     l.duration("PAMWORKER_HTTP_TIMEOUT", f.HTTPTimeout, DefaultHTTPTimeout, 100*time.Millisecond, 5*time.Minute),
+		MaxEventBytes:   l.integer("PAMWORKER_MAX_EVENT_BYTES", f.MaxEventBytes, DefaultMaxEventBytes, 256, 1<<20),
+		MaxDeliveries:   l.integer("PAMWORKER_MAX_DELIVERIES", f.MaxDeliveries, DefaultMaxDeliveries, 1, 1000),
+		RetryMaxElapsed: l.duration("PAMWORKER_RETRY_MAX_ELAPSED", f.RetryMaxElapsed, DefaultRetryMaxElapsed, 0, time.Hour),
+		AckWait:         l.duration("PAMWORKER_ACK_WAIT", f.AckWait, DefaultAckWait, 3*time.Second, time.Hour),
+		DedupTTL:        l.duration("PAMWORKER_DEDUP_TTL", f.DedupTTL, DefaultDedupTTL, time.Minute, 90*24*time.Hour),
+		ShutdownTimeout: l.duration("PAMWORKER_SHUTDOWN_TIMEOUT", f.ShutdownTimeout, DefaultShutdownTimeout, time.Second, 10*time.Minute),
+		LogLevel:        l.level("PAMWORKER_LOG_LEVEL", f.LogLevel),
+		Segura:          map[string]Segura{},
+		Element:         map[string]Element{},
+	}
+	for name, s := range f.Segura {
+		p := "segura." + name
+		c.Segura[name] = Segura{
+			URL:          s.URL,
+			ClientID:     l.fileOr(p+".client_id", s.ClientID, s.ClientIDFile),
+			ClientSecret: handlers.NewSecret(l.fileOr(p+".client_secret", s.ClientSecret, s.ClientSecretFile)),
+			TokenURL:     s.TokenURL,
+			APIPrefix:    s.APIPrefix,
+		}
+	}
+	for name, e := range f.Element {
+		p := "element." + name
+		c.Element[name] = Element{
+			URL:      e.URL,
+			Username: l.fileOr(p+".username", e.Username, e.UsernameFile),
+			Password: handlers.NewSecret(l.fileOr(p+".password", e.Password, e.PasswordFile)),
+		}
+	}
+	// The environment describes the default target and wins over the file's. Credentials for
+	// a target that has no URL are a mistake worth stopping for.
+	for _, vendor := range []string{"SEGURA", "ELEMENT"} {
+		if getenv("PAMWORKER_"+vendor+"_URL") != "" {
+			continue
+		}
+		for name := range env {
+			if strings.HasPrefix(name, "PAMWORKER_"+vendor+"_") && (getenv(name) != "" || getenv(name+"_FILE") != "") {
+				if (vendor == "SEGURA" && f.Segura["default"].URL == "") || (vendor == "ELEMENT" && f.Element["default"].URL == "") {
+					return Config{}, fmt.Errorf("%s is set but PAMWORKER_%s_URL is not", name, vendor)
+				}
+			}
+		}
+	}
+	if u := getenv("PAMWORKER_SEGURA_URL"); u != "" || f.Segura["default"].URL != "" {
+		d := c.Segura["default"]
+		d.URL = cmp.Or(u, d.URL)
+		d.ClientID = cmp.Or(l.secret("PAMWORKER_SEGURA_CLIENT_ID", "", ""), d.ClientID)
+		if s := l.secret("PAMWORKER_SEGURA_CLIENT_SECRET", "", ""); s != "" {
+			d.ClientSecret = handlers.NewSecret(s)
+		}
+		d.TokenURL = cmp.Or(getenv("PAMWORKER_SEGURA_TOKEN_URL"), d.TokenURL)
+		d.APIPrefix = cmp.Or(getenv("PAMWORKER_SEGURA_API_PREFIX"), d.APIPrefix)
+		c.Segura["default"] = d
+	}
+	if u := getenv("PAMWORKER_ELEMENT_URL"); u != "" || f.Element["default"].URL != "" {
+		d := c.Element["default"]
+		d.URL = cmp.Or(u, d.URL)
+		d.Username = cmp.Or(l.secret("PAMWORKER_ELEMENT_USERNAME", "", ""), d.Username)
+		if s := l.secret("PAMWORKER_ELEMENT_PASSWORD", "", ""); s != "" {
+			d.Password = handlers.NewSecret(s)
+		}
+		c.Element["default"] = d
+	}
+	if l.err != nil {
+		return Config{}, l.err
+	}
+	return c, c.validate()
+}
+
+// validate checks what Load could not check one value at a time.
+func (c Config) validate() error {
+	if c.NATSURL.IsZero() {
+		if _, _, err := net.SplitHostPort(c.NATSListen); err != nil {
+			return fmt.Errorf("PAMWORKER_NATS_LISTEN: %q is not host:port", c.NATSListen)
+		}
+	}
+	if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
+		return fmt.Errorf("PAMWORKER_HTTP_ADDR: %q is not host:port", c.HTTPAddr)
+	}
+	for _, name := range sortedKeys(c.Segura) {
+		s := c.Segura[name]
+		where := "segura." + name
+		if name == "default" {
+			where = "PAMWORKER_SEGURA_"
+		}
+		if err := validTargetName(name); err != nil {
+			return fmt.Errorf("segura target %q: %w", name, err)
+		}
+		if err := validURL(s.URL); err != nil {
+			return fmt.Errorf("%sURL: %w", where, err)
+		}
+		if s.TokenURL != "" {
+			if err := validURL(s.TokenURL); err != nil {
+				return fmt.Errorf("%sTOKEN_URL: %w", where, err)
+			}
+		}
+		if s.APIPrefix != "" && (!strings.HasPrefix(s.APIPrefix, "/") || strings.ContainsAny(s.APIPrefix, "?#% ")) {
+			return fmt.Errorf("%sAPI_PREFIX: %q must be a path such as /api or /iso", where, s.APIPrefix)
+		}
+		if s.ClientID == "" {
+			return fmt.Errorf("%sCLIENT_ID: required when a Segura URL is set", where)
+		}
+		if s.ClientSecret.IsZero() {
+			return fmt.Errorf("%sCLIENT_SECRET: required when a Segura URL is set", where)
+		}
+	}
+	for _, name := range sortedKeys(c.Element) {
+		e := c.Element[name]
+		where := "element." + name + "."
+		if name == "default" {
+			where = "PAMWORKER_ELEMENT_"
+		}
+		if err := validTargetName(name); err != nil {
+			return fmt.Errorf("element target %q: %w", name, err)
+		}
+		if err := validURL(e.URL); err != nil {
+			return fmt.Errorf("%sURL: %w", where, err)
+		}
+		if e.Username == "" {
+			return fmt.Errorf("%sUSERNAME: required when an Element URL is set", where)
+		}
+		if e.Password.IsZero() {
+			return fmt.Errorf("%sPASSWORD: required when an Element URL is set", where)
+		}
+	}
+	return nil
+}
+
+// Insecure lists targets reached over plain HTTP on a non-loopback host, for a start-up warning.
+func (c Config) Insecure() []string {
+	var out []string
+	check := func(kind, name, raw string) {
+		u, err := url.Parse(raw)
+		if err != nil || u.Scheme != "http" {
+			return
+		}
+		if ip := net.ParseIP(u.Hostname()); (ip != nil && ip.IsLoopback()) || u.Hostname() == "localhost" {
+			return
+		}
+		out = append(out, kind+"/"+name)
+	}
+	for n, s := range c.Segura {
+		check("segura", n, s.URL)
+	}
+	for n, e := range c.Element {
+		check("element", n, e.URL)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func validURL(raw string) error {
+	if raw == "" {
+		return errors.New("required")
+	}
+	u, err := url.Parse(raw)
+	switch {
+	case err != nil:
+		return fmt.Errorf("%q is not a URL", raw)
+	case u.Scheme != "https" && u.Scheme != "http":
+		return fmt.Errorf("%q must be an https:// URL", raw)
+	case u.Host == "":
+		return fmt.Errorf("%q has no host", raw)
+	case u.User != nil:
+		return errors.New("must not carry credentials; use the username/password or client id/secret settings")
+	case u.RawQuery != "" || u.Fragment != "":
+		return fmt.Errorf("%q must not have a query or fragment", raw)
+	}
+	return nil
+}
+
+func validTargetName(s string) error {
+	if s == "" || len(s) > 64 || strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_") != "" {
+		return errors.New("a target name is 1 to 64 letters, digits, - or _")
+	}
+	return nil
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// loader parses values and keeps the first error, so Load reads as a list of settings.
+type loader struct {
+	getenv func(string) string
+	err    error
+}
+
+func (l *loader) fail(format string, args ...any) {
+	if l.err == nil {
+		l.err = fmt.Errorf(format, args...)
+	}
+}
+
+// secret reads NAME or NAME_FILE from the environment, falling back to the file's value or
+// the file's _file path.
+func (l *loader) secret(name, fromFile, fromFilePath string) string {
+	v, path := l.getenv(name), l.getenv(name+"_FILE")
+	switch {
+	case v != "" && path != "":
+		l.fail("%s and %s_FILE are both set; set one", name, name)
+		return ""
+	case v != "":
+		return v
+	case path != "":
+		return l.readFile(name+"_FILE", path)
+	}
+	return l.fileOr(strings.ToLower(strings.TrimPrefix(name, "PAMWORKER_")), fromFile, fromFilePath)
+}
+
+func (l *loader) fileOr(key, value, path string) string {
+	switch {
+	case value != "" && path != "":
+		l.fail("%s and %s_file are both set; set one", key, key)
+		return ""
+	case path != "":
+		return l.readFile(key+"_file", path)
+	}
+	return value
+}
+
+func (l *loader) readFile(key, path string) string {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		l.fail("%s: %v", key, err)
+		return ""
+	}
+	v := strings.TrimRight(string(raw), "\r\n")
+	if v == "" {
+		l.fail("%s: %s is empty", key, path)
+	}
+	return v
+}
+
+func (l *loader) raw(name, fromFile string) string {
+	if v := l.getenv(name); v != "" {
+		return v
+	}
+	return fromFile
+}
+
+func (l *loader) integer(name, fromFile string, def, lo, hi int) int {
+	s := l.raw(name, fromFile)
+	if s == "" {
+		return def
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(s))
+	if err != nil || n < lo || n > hi {
+		l.fail("%s: %q must be a whole number from %d to %d", name, s, lo, hi)
+		return def
+	}
+	return n
+}
+
+func (l *loader) duration(name, fromFile string, def, lo, hi time.Duration) time.Duration {
+	s := l.raw(name, fromFile)
+	if s == "" {
+		return def
+	}
+	d, err := time.ParseDuration(strings.TrimSpace(s))
+	if err != nil || d < lo || d > hi {
+		l.fail("%s: %q must be a Go duration (such as 10s or 2m) from %v to %v", name, s, lo, hi)
+		return def
+	}
+	return d
+}
+
+func (l *loader) level(name, fromFile string) slog.Level {
+	s := l.raw(name, fromFile)
+	if s == "" {
+		return slog.LevelInfo
+	}
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(s)); err != nil {
+		l.fail("%s: %q must be debug, info, warn or error", name, s)
+	}
+	return lv
+}

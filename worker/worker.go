@@ -1,0 +1,470 @@
+// Package worker consumes action events from a JetStream durable consumer, runs each through
+// its handler with bounded concurrency and in-process retries, and answers every event with
+// exactly one result event. Ack decisions — ack, term, nak with delay — are made here and only
+// here; handlers return outcomes and typed errors and know nothing of NATS.
+package worker
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/pamworker/pamworker/events"
+	"github.com/pamworker/pamworker/handlers"
+)
+
+// Config tunes the worker. Zero values take the defaults in withDefaults.
+type Config struct {
+	Concurrency      int           // events processed at once (default 32)
+	AttemptTimeout   time.Duration // one API attempt (default 10s)
+	MaxEventBytes    int           // larger events are rejected (default 64 KiB)
+	MaxDeliveries    int           // exhausted retry budgets before an event fails (default 5)
+	RetryInitial     time.Duration // first in-process backoff (default 200ms)
+	RetryMaxInterval time.Duration // longest in-process backoff (default 5s)
+	RetryMaxElapsed  time.Duration // in-process retry budget per delivery (default 30s)
+	RedeliveryDelay  time.Duration // nak delay after a spent budget, times the count (default 10s)
+	TargetDownDelay  time.Duration // nak delay while a target refuses the worker (default 15s)
+	AckWait          time.Duration // consumer ack wait; InProgress is sent every third (default 30s)
+	ShutdownTimeout  time.Duration // grace for in-flight events on shutdown (default 20s)
+	Topology         Topology
+	Targets          []string // configured target labels ("segura/default" ...), for target_up
+}
+
+func (c Config) withDefaults() Config {
+	c.Concurrency = cmp.Or(c.Concurrency, 32)
+	c.AttemptTimeout = cmp.Or(c.AttemptTimeout, 10*time.Second)
+	c.MaxEventBytes = cmp.Or(c.MaxEventBytes, events.DefaultMaxEventBytes)
+	c.MaxDeliveries = cmp.Or(c.MaxDeliveries, 5)
+	c.RetryInitial = cmp.Or(c.RetryInitial, 200*time.Millisecond)
+	c.RetryMaxInterval = cmp.Or(c.RetryMaxInterval, 5*time.Second)
+	c.RetryMaxElapsed = cmp.Or(c.RetryMaxElapsed, 30*time.Second)
+	c.RedeliveryDelay = cmp.Or(c.RedeliveryDelay, 10*time.Second)
+	c.TargetDownDelay = cmp.Or(c.TargetDownDelay, 15*time.Second)
+	c.AckWait = cmp.Or(c.AckWait, 30*time.Second)
+	c.ShutdownTimeout = cmp.Or(c.ShutdownTimeout, 20*time.Second)
+	if c.Topology == (Topology{}) {
+		c.Topology = DefaultTopology()
+	}
+	return c
+}
+
+// Worker is one replica of the consumer.
+type Worker struct {
+	cfg     Config
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	reg     *handlers.Registry
+	m       *Metrics
+	log     *slog.Logger
+	targets *targetState
+	newID   func() string
+
+	ledger    *ledger
+	consuming atomic.Bool
+}
+
+// New returns a Worker that will consume through nc and dispatch through reg.
+func New(nc *nats.Conn, reg *handlers.Registry, m *Metrics, log *slog.Logger, newID func() string, cfg Config) (*Worker, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	cfg = cfg.withDefaults()
+	return &Worker{
+		cfg:     cfg,
+		nc:      nc,
+		js:      js,
+		reg:     reg,
+		m:       m,
+		log:     log,
+		targets: newTargetState(m.targetUp, cfg.Targets),
+		newID:   newID,
+	}, nil
+}
+
+// errShutdown ends a retry wait when the worker is asked to stop: the event goes back to the
+// stream at once for another replica, instead of sleeping through the shutdown grace.
+var errShutdown = errors.New("worker is shutting down")
+
+// Run creates what the worker needs in JetStream and consumes until ctx is done. It then stops
+// fetching, lets in-flight events finish for up to ShutdownTimeout, naks what is left, and
+// returns nil.
+func (w *Worker) Run(ctx context.Context) error {
+	cons, kv, err := setup(ctx, w.js, w.cfg.Topology, ConsumerSettings{
+		AckWait:       w.cfg.AckWait,
+		MaxAckPending: max(1024, 4*w.cfg.Concurrency),
+	})
+	if err != nil {
+		return err
+	}
+	w.ledger = newLedger(kv)
+	// The buffer is kept to one batch of the concurrency so fetched messages do not age towards
+	// AckWait while they wait for a slot.
+	iter, err := cons.Messages(jetstream.PullMaxMessages(w.cfg.Concurrency))
+	if err != nil {
+		return fmt.Errorf("consume: %w", err)
+	}
+	w.consuming.Store(true)
+	w.log.Info("consuming", "stream", w.cfg.Topology.EventsStream, "consumer", w.cfg.Topology.Consumer,
+		"concurrency", w.cfg.Concurrency)
+
+	// hard ends in-flight work; it outlives ctx by the shutdown grace.
+	hard, cancelHard := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelHard()
+	stop := context.AfterFunc(ctx, func() {
+		w.consuming.Store(false)
+		iter.Drain()
+	})
+	defer stop()
+
+	sem := make(chan struct{}, w.cfg.Concurrency)
+	var wg sync.WaitGroup
+	for {
+		acquired := false
+		select {
+		case sem <- struct{}{}:
+			acquired = true
+		case <-ctx.Done():
+		}
+		msg, err := iter.Next()
+		if err != nil {
+			if acquired {
+				<-sem
+			}
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				break
+			}
+			w.log.Warn("fetching events", "error", err)
+			continue
+		}
+		if !acquired || ctx.Err() != nil {
+			// Fetched but shutting down: hand it to another replica now rather than after AckWait.
+			_ = msg.Nak()
+			if acquired {
+				<-sem
+			}
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			w.process(ctx, hard, msg)
+		}()
+	}
+
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(w.cfg.ShutdownTimeout):
+		w.log.Warn("shutdown grace over; handing in-flight events back", "grace", w.cfg.ShutdownTimeout)
+		cancelHard()
+		<-done
+	}
+	if err := w.nc.Flush(); err != nil {
+		w.log.Warn("flushing acks", "error", err)
+	}
+	w.log.Info("stopped consuming")
+	return nil
+}
+
+// Ready reports whether the worker is connected and consuming, with the reasons it is not and
+// the targets that currently refuse it.
+func (w *Worker) Ready() (bool, []string) {
+	var why []string
+	if !w.nc.IsConnected() {
+		why = append(why, "not connected to NATS")
+	}
+	if !w.consuming.Load() {
+		why = append(why, "not consuming")
+	}
+	ready := len(why) == 0
+	for t, reason := range w.targets.downList() {
+		why = append(why, "target "+t+" refuses the worker: "+reason)
+	}
+	return ready, why
+}
+
+// process takes one message to its end: a result and an ack or term, or a nak for later.
+func (w *Worker) process(soft, hard context.Context, msg jetstream.Msg) {
+	start := time.Now()
+	w.m.inFlight.Inc()
+	defer w.m.inFlight.Dec()
+	stopKeepAlive := w.keepAlive(msg)
+	defer stopKeepAlive()
+
+	ev, decodeErr := events.Decode(msg.Subject(), msg.Data(), msg.Headers().Get(jetstream.MsgIDHeader), w.cfg.MaxEventBytes, w.newID)
+	log := w.log.With("event_id", ev.ID, "action", ev.Action)
+
+	prior, raw, err := w.ledger.result(hard, ev.ID)
+	if err != nil {
+		log.Warn("ledger unavailable; event deferred", "error", err)
+		w.postpone(msg, ev, "ledger", time.Second)
+		return
+	}
+	if prior != nil {
+		w.answerDuplicate(hard, msg, ev, raw, log)
+		return
+	}
+	var rej *events.Rejection
+	if errors.As(decodeErr, &rej) {
+		w.finish(hard, msg, ev, rejected(ev, rej), start, log)
+		return
+	}
+
+	h, ok := w.reg.Lookup(ev.Action)
+	if !ok {
+		w.finish(hard, msg, ev, rejected(ev, &events.Rejection{Code: events.CodeUnknownAction, Message: "no handler is registered for " + ev.Action}), start, log)
+		return
+	}
+	tgt := handlers.TargetLabel(ev.Action, ev.Target)
+	admitted, probe := w.targets.admit(tgt)
+	if !admitted {
+		w.postpone(msg, ev, "target_down", w.cfg.TargetDownDelay)
+		return
+	}
+	out, attempts, err := w.attempt(soft, hard, h, ev, tgt, log)
+
+	kind, re, pe, de := handlers.Classify(err)
+	accepted := (err == nil && out.HTTPStatus != 0) || (pe != nil && pe.HTTPStatus != 0)
+	refused := ""
+	if de != nil {
+		refused = de.Error()
+	}
+	if w.targets.done(tgt, probe, accepted, refused) {
+		if refused != "" {
+			log.Error("target refuses the worker; its events wait until it accepts the worker again", "target", tgt, "error", refused)
+		} else {
+			log.Info("target accepts the worker again", "target", tgt)
+		}
+	}
+
+	res := events.NewResult(ev)
+	res.Attempts = attempts
+	switch {
+	case errors.As(err, &rej):
+		w.finish(hard, msg, ev, rejected(ev, rej), start, log)
+	case err == nil:
+		res.Status, res.Message, res.Noop = events.Succeeded, out.Message, out.Noop
+		if out.Details != nil {
+			res.Details = out.Details
+		}
+		w.finish(hard, msg, ev, res, start, log)
+	case errors.Is(err, errShutdown) || hard.Err() != nil:
+		w.postpone(msg, ev, "shutdown", 0)
+	case kind == "down":
+		w.postpone(msg, ev, "target_down", w.cfg.TargetDownDelay)
+	case kind == "permanent":
+		res.Status, res.Message = events.Failed, pe.Message
+		res.Error = &events.ErrorInfo{Code: pe.Code, Message: pe.Message, HTTPStatus: pe.HTTPStatus}
+		w.finish(hard, msg, ev, res, start, log)
+	default: // retryable, and this delivery's budget is spent
+		n, lerr := w.ledger.spend(hard, ev.ID)
+		if lerr != nil {
+			log.Warn("ledger unavailable; event deferred", "error", lerr)
+			w.postpone(msg, ev, "ledger", w.cfg.RedeliveryDelay)
+			return
+		}
+		if n < w.cfg.MaxDeliveries {
+			log.Warn("retries spent for this delivery; JetStream will redeliver", "budgets_spent", n,
+				"max_deliveries", w.cfg.MaxDeliveries, "error", err.Error())
+			w.postpone(msg, ev, "retries_spent", max(re.After, w.cfg.RedeliveryDelay*time.Duration(n)))
+			return
+		}
+		res.Status = events.Failed
+		res.Message = fmt.Sprintf("gave up after %d deliveries: %s", n, re.Error())
+		res.Error = &events.ErrorInfo{Code: cmp.Or(re.Code, string(re.Reason)), Message: re.Error(), HTTPStatus: re.HTTPStatus, Retryable: true}
+		w.finish(hard, msg, ev, res, start, log)
+	}
+}
+
+// attempt calls h, retrying retryable errors with exponential backoff and jitter until the
+// in-process budget is spent. It returns the last outcome, the number of attempts and the
+// last error.
+func (w *Worker) attempt(soft, hard context.Context, h handlers.Handler, ev events.Event, tgt string, log *slog.Logger) (handlers.Outcome, int, error) {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval = w.cfg.RetryInitial
+	b.MaxInterval = w.cfg.RetryMaxInterval
+	b.MaxElapsedTime = 0 // the budget is checked below, with Retry-After counted in
+	b.Reset()
+	start := time.Now()
+	callCtx := handlers.WithCall(hard, handlers.Call{Target: tgt, Action: ev.Action})
+	lastErr := ""
+	for n := 1; ; n++ {
+		actx, cancel := context.WithTimeout(callCtx, w.cfg.AttemptTimeout)
+		out, err := h.Handle(actx, ev)
+		cancel()
+		var rej *events.Rejection
+		if err == nil || errors.As(err, &rej) || hard.Err() != nil {
+			return out, n, err
+		}
+		kind, re, _, _ := handlers.Classify(err)
+		if kind != "retry" {
+			return out, n, err
+		}
+		wait := max(b.NextBackOff(), re.After)
+		if time.Since(start)+wait > w.cfg.RetryMaxElapsed {
+			return out, n, err
+		}
+		w.m.retries.WithLabelValues(ev.Action, string(re.Reason)).Inc()
+		if s := err.Error(); s != lastErr {
+			log.Warn("attempt failed; retrying", "attempt", n, "error", s, "wait", wait.String())
+			lastErr = s
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-soft.Done():
+			t.Stop()
+			return out, n, errShutdown
+		}
+	}
+}
+
+func rejected(ev events.Event, rej *events.Rejection) events.Result {
+	res := events.NewResult(ev)
+	res.Status, res.Message = events.Rejected, rej.Message
+	res.Error = &events.ErrorInfo{Code: rej.Code, Message: rej.Message}
+	return res
+}
+
+// finish records res in the ledger, publishes it on results.<action> and the reply inbox, and
+// then acks (success) or terms (failure, rejection) the message. If the result cannot be
+// stored, the message is naked so that the event is answered later rather than never.
+func (w *Worker) finish(ctx context.Context, msg jetstream.Msg, ev events.Event, res events.Result, start time.Time, log *slog.Logger) {
+	elapsed := time.Since(start)
+	res.DurationMS = float64(elapsed.Microseconds()) / 1000
+	res.FinishedAt = events.Timestamp(time.Now())
+	data, err := res.Marshal()
+	if err != nil { // details from a vendor that cannot be encoded: keep the verdict, drop them
+		res.Details = map[string]any{"error": "details could not be encoded"}
+		data, _ = res.Marshal()
+	}
+	if err := w.publishResult(ctx, ev, data); err != nil {
+		log.Error("result could not be stored; event will be redelivered", "error", err)
+		w.postpone(msg, ev, "result_publish", time.Second)
+		return
+	}
+	if res.Status == events.Succeeded {
+		_ = msg.Ack()
+	} else {
+		_ = msg.TermWithReason(string(res.Status))
+	}
+	action := actionLabel(ev.Action)
+	w.m.processed.WithLabelValues(action, string(res.Status)).Inc()
+	w.m.duration.WithLabelValues(action).Observe(elapsed.Seconds())
+
+	attrs := []any{"status", res.Status, "noop", res.Noop, "dry_run", res.DryRun, "attempts", res.Attempts,
+		"duration_ms", res.DurationMS, "target", res.Target, "message", res.Message}
+	if res.Error != nil {
+		attrs = append(attrs, "error_code", res.Error.Code)
+	}
+	if res.CorrelationID != "" {
+		attrs = append(attrs, "correlation_id", res.CorrelationID)
+	}
+	if res.Status == events.Succeeded {
+		log.Info("event finished", attrs...)
+	} else {
+		log.Warn("event finished", attrs...)
+	}
+}
+
+// publishResult stores data as the record of ev.ID and publishes it as the result event. The
+// two JetStream publishes are pipelined; both must be acknowledged. The reply inbox, if any, is
+// told last, once the result is durable.
+func (w *Worker) publishResult(ctx context.Context, ev events.Event, data []byte) error {
+	rec, err := w.js.PublishAsync(w.ledger.recordSubject(ev.ID), data)
+	if err != nil {
+		return fmt.Errorf("record: %w", err)
+	}
+	pub, err := w.js.PublishMsgAsync(&nats.Msg{
+		Subject: events.ResultSubject(ev.Action),
+		Header:  nats.Header{jetstream.MsgIDHeader: []string{events.ResultMsgID(ev.ID)}},
+		Data:    data,
+	})
+	if err != nil {
+		return fmt.Errorf("result: %w", err)
+	}
+	timeout := time.NewTimer(10 * time.Second)
+	defer timeout.Stop()
+	for _, f := range []jetstream.PubAckFuture{rec, pub} {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			return err
+		case <-timeout.C:
+			return errors.New("no acknowledgement from JetStream in 10s")
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	if ev.ReplyTo != "" {
+		if err := w.nc.Publish(ev.ReplyTo, data); err != nil {
+			w.log.Warn("publishing to reply_to", "event_id", ev.ID, "error", err)
+		}
+	}
+	return nil
+}
+
+// answerDuplicate answers an event whose id already has a result with that result, calling
+// nothing. The republished result carries the same Nats-Msg-Id, so the results stream keeps one.
+func (w *Worker) answerDuplicate(ctx context.Context, msg jetstream.Msg, ev events.Event, raw []byte, log *slog.Logger) {
+	if err := w.publishResult(ctx, ev, raw); err != nil {
+		log.Error("recorded result could not be republished; event will be redelivered", "error", err)
+		w.postpone(msg, ev, "result_publish", time.Second)
+		return
+	}
+	_ = msg.Ack()
+	w.m.duplicates.WithLabelValues(actionLabel(ev.Action)).Inc()
+	log.Info("duplicate event answered from the ledger; vendor not called")
+}
+
+// postpone hands msg back to JetStream for delivery after delay.
+func (w *Worker) postpone(msg jetstream.Msg, ev events.Event, reason string, delay time.Duration) {
+	var err error
+	if delay > 0 {
+		err = msg.NakWithDelay(delay)
+	} else {
+		err = msg.Nak()
+	}
+	if err != nil {
+		w.log.Warn("nak failed; JetStream will redeliver after AckWait", "event_id", ev.ID, "error", err)
+	}
+	w.m.redeliver.WithLabelValues(actionLabel(ev.Action), reason).Inc()
+}
+
+// keepAlive tells JetStream the message is still being worked on every third of AckWait, so a
+// slow vendor or a long retry does not get the message redelivered to another replica.
+func (w *Worker) keepAlive(msg jetstream.Msg) (stop func()) {
+	every := w.cfg.AckWait / 3
+	var mu sync.Mutex
+	stopped := false
+	var t *time.Timer
+	mu.Lock()
+	t = time.AfterFunc(every, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if stopped {
+			return
+		}
+		_ = msg.InProgress()
+		t.Reset(every)
+	})
+	mu.Unlock()
+	return func() {
+		mu.Lock()
+		stopped = true
+		mu.Unlock()
+		t.Stop()
+	}
+}
