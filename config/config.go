@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -101,6 +102,11 @@ func Variables() []string {
 	return out
 }
 
+// serviceLink matches the variables Kubernetes injects for a Service whose name starts with
+// "pamworker" (PAMWORKER_METRICS_SERVICE_HOST, PAMWORKER_PORT_9464_TCP_ADDR ...). They are not
+// settings, and refusing them would crash-loop a correctly configured pod.
+var serviceLink = regexp.MustCompile(`^PAMWORKER(_[A-Z0-9_]+)?_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT(_[0-9]+_(TCP|UDP|SCTP)(_(ADDR|PORT|PROTO))?)?)$`)
+
 // file is the YAML shape. Strings are parsed here so errors can name the key.
 type file struct {
 	NATSURL         string                 `yaml:"nats_url"`
@@ -144,7 +150,7 @@ type elementFile struct {
 func Load(getenv func(string) string, environ []string) (Config, error) {
 	for _, kv := range environ {
 		name, _, _ := strings.Cut(kv, "=")
-		if !strings.HasPrefix(name, "PAMWORKER_") {
+		if !strings.HasPrefix(name, "PAMWORKER_") || serviceLink.MatchString(name) {
 			continue
 		}
 		base, isFile := strings.CutSuffix(name, "_FILE")
