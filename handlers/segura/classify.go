@@ -53,6 +53,13 @@ const (
 	msgTimedOut      = "Request timed out"
 )
 
+// namedCodes gives a stable code to the documented errors that carry no number, so playbooks
+// can branch on a code rather than on a message.
+var namedCodes = map[string]string{
+	"an error occurred while dropping session": "session_drop_error",
+	"resource sub not found":                   "resource_not_found",
+}
+
 // Vendor codes that say the A2A authorization lacks a permission: the worker is misconfigured.
 var lockoutCodes = map[string]bool{"1039": true}
 
@@ -66,6 +73,9 @@ func classify(op operation, status int, h http.Header, body []byte, now time.Tim
 		msg = strings.TrimSpace(env.Response.Message)
 	}
 	code := vendorCode(&env, msg)
+	if code == "" {
+		code = namedCodes[strings.ToLower(strings.TrimRight(msg, "."))]
+	}
 	ve := handlers.VendorError{Code: code, Message: msg, HTTPStatus: status}
 	if ve.Code == "" && (status < 200 || status > 299) {
 		ve.Code = "http_" + strconv.Itoa(status)
@@ -73,8 +83,9 @@ func classify(op operation, status int, h http.Header, body []byte, now time.Tim
 
 	failed := status < 200 || status > 299 || (env.Response != nil && env.Response.Error)
 	switch {
-	case !failed && !parsed:
-		// A 2xx that is not Segura's JSON (a proxy page, a truncated reply) proves nothing.
+	case !failed && (!parsed || env.Response == nil):
+		// A 2xx that is not Segura's envelope (a proxy page, a truncated reply, some other JSON)
+		// proves nothing: reporting it as success would claim a change that may not have happened.
 		ve.Code, ve.Message = "unexpected_reply", "2xx reply that is not a Segura JSON envelope"
 		return out, false, &handlers.RetryableError{VendorError: ve, Reason: handlers.ReasonServer}
 	case !failed:
@@ -88,7 +99,7 @@ func classify(op operation, status int, h http.Header, body []byte, now time.Tim
 		return handlers.Outcome{Message: msg, Noop: true, HTTPStatus: status}, false, nil
 	case containsFold(msg, msgTimedOut):
 		return out, false, &handlers.RetryableError{VendorError: ve, Reason: handlers.ReasonTimeout}
-	case status == http.StatusForbidden:
+	case status == http.StatusForbidden && code == "":
 		// Forbidden without a per-credential code (1009) is the authorization itself.
 		return out, false, &handlers.TargetDownError{VendorError: ve}
 	}

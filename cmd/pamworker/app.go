@@ -1,0 +1,180 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"sort"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/pamworker/pamworker/broker"
+	"github.com/pamworker/pamworker/config"
+	"github.com/pamworker/pamworker/handlers"
+	"github.com/pamworker/pamworker/handlers/element"
+	"github.com/pamworker/pamworker/handlers/segura"
+	"github.com/pamworker/pamworker/sandbox"
+	"github.com/pamworker/pamworker/worker"
+)
+
+func newLogger(w io.Writer, level slog.Level) *slog.Logger {
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level}))
+}
+
+func newEventID() string { return ulid.Make().String() }
+
+// runWorker wires configuration, broker, vendor clients, metrics and the worker, and runs until
+// ctx is done. Every failure to start is one clear line on stderr and exit status 1.
+func runWorker(ctx context.Context, withSandbox bool, getenv func(string) string, environ []string, stderr io.Writer) int {
+	cfg, err := config.Load(getenv, environ)
+	if err != nil {
+		fmt.Fprintln(stderr, "pamworker: configuration:", err)
+		return exitFailed
+	}
+	log := newLogger(stderr, cfg.LogLevel)
+	if err := serve(ctx, cfg, withSandbox, log); err != nil {
+		log.Error("pamworker stopped", "error", err.Error())
+		fmt.Fprintln(stderr, "pamworker:", err)
+		return exitFailed
+	}
+	return exitOK
+}
+
+func serve(ctx context.Context, cfg config.Config, withSandbox bool, log *slog.Logger) error {
+	if withSandbox {
+		env, err := sandbox.Start(ctx, log)
+		if err != nil {
+			return fmt.Errorf("sandbox: %w", err)
+		}
+		defer env.Close()
+		cfg.Segura["default"] = config.Segura{URL: env.SeguraURL, ClientID: env.SeguraClientID,
+			ClientSecret: handlers.NewSecret(env.SeguraClientSecret)}
+		cfg.Element["default"] = config.Element{URL: env.ElementURL, Username: env.ElementUsername,
+			Password: handlers.NewSecret(env.ElementPassword)}
+		log.Info("sandbox: the default Segura and Element targets are in-process simulators")
+	}
+	for _, t := range cfg.Insecure() {
+		log.Warn("target is reached over plain http on a non-loopback host: its credentials cross the network unencrypted", "target", t)
+	}
+
+	urls := cfg.NATSURL.Reveal()
+	if urls == "" {
+		dir, err := filepath.Abs(cfg.DataDir)
+		if err != nil {
+			return fmt.Errorf("PAMWORKER_DATA_DIR: %w", err)
+		}
+		ns, err := broker.Start(broker.Embedded{Listen: cfg.NATSListen, DataDir: dir})
+		if err != nil {
+			return err
+		}
+		defer func() {
+			ns.Shutdown()
+			ns.WaitForShutdown()
+		}()
+		urls = ns.ClientURL()
+		log.Info("embedded NATS server with JetStream started", "url", urls, "data_dir", dir)
+	}
+	nc, err := broker.Connect(urls, "pamworker", log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	log.Info("connected to NATS", "url", nc.ConnectedUrlRedacted())
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := worker.NewMetrics(reg)
+
+	registry, targets, err := buildHandlers(cfg, metrics)
+	if err != nil {
+		return err
+	}
+	w, err := worker.New(nc, registry, metrics, log, newEventID, worker.Config{
+		Concurrency:     cfg.Concurrency,
+		AttemptTimeout:  cfg.HTTPTimeout,
+		MaxEventBytes:   cfg.MaxEventBytes,
+		MaxDeliveries:   cfg.MaxDeliveries,
+		RetryMaxElapsed: cfg.RetryMaxElapsed,
+		AckWait:         cfg.AckWait,
+		ShutdownTimeout: cfg.ShutdownTimeout,
+		Topology:        topology(cfg),
+		Targets:         targets,
+	})
+	if err != nil {
+		return err
+	}
+
+	ln, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("PAMWORKER_HTTP_ADDR %s: %w", cfg.HTTPAddr, err)
+	}
+	hs := &http.Server{Handler: worker.HealthHandler(reg, w), ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics server", "error", err.Error())
+		}
+	}()
+	log.Info("serving /metrics, /healthz and /readyz", "addr", ln.Addr().String(), "targets", targets)
+
+	runErr := w.Run(ctx)
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = hs.Shutdown(shutdownCtx)
+	if err := nc.Drain(); err != nil && !errors.Is(err, context.Canceled) {
+		log.Warn("draining NATS connection", "error", err.Error())
+	}
+	return runErr
+}
+
+func topology(cfg config.Config) worker.Topology {
+	t := worker.DefaultTopology()
+	t.LedgerTTL = cfg.DedupTTL
+	return t
+}
+
+// buildHandlers creates one client per configured target, each with an HTTP client whose
+// transport counts attempts, and registers the vendors' actions.
+func buildHandlers(cfg config.Config, m *worker.Metrics) (*handlers.Registry, []string, error) {
+	hc := handlers.NewHTTPClient(handlers.ClientOptions{
+		Timeout:      cfg.HTTPTimeout,
+		MaxIdleConns: cfg.Concurrency,
+		Wrap:         m.InstrumentTransport,
+	})
+	var labels []string
+	seguras := handlers.Targets[*segura.Client]{}
+	for name, t := range cfg.Segura {
+		c, err := segura.New(segura.Config{Name: name, BaseURL: t.URL, APIPrefix: t.APIPrefix, TokenURL: t.TokenURL,
+			ClientID: t.ClientID, ClientSecret: t.ClientSecret, HTTPClient: hc})
+		if err != nil {
+			return nil, nil, fmt.Errorf("segura target %q: %w", name, err)
+		}
+		seguras[name] = c
+		labels = append(labels, "segura/"+name)
+	}
+	elements := handlers.Targets[*element.Client]{}
+	for name, t := range cfg.Element {
+		c, err := element.New(element.Config{Name: name, URL: t.URL, Username: t.Username, Password: t.Password, HTTPClient: hc})
+		if err != nil {
+			return nil, nil, fmt.Errorf("element target %q: %w", name, err)
+		}
+		elements[name] = c
+		labels = append(labels, "element/"+name)
+	}
+	sort.Strings(labels)
+	reg := handlers.NewRegistry()
+	if err := segura.Register(reg, seguras); err != nil {
+		return nil, nil, err
+	}
+	if err := element.Register(reg, elements); err != nil {
+		return nil, nil, err
+	}
+	return reg, labels, nil
+}

@@ -1,0 +1,517 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/pamworker/pamworker/broker"
+	"github.com/pamworker/pamworker/events"
+	"github.com/pamworker/pamworker/sandbox"
+)
+
+// The end-to-end tests build the real binary and run it as a process against a real
+// nats-server and the vendor simulators behind httptest servers.
+
+const (
+	canarySecret   = "canary-client-secret-7f3a"
+	canaryPassword = "canary-element-password-91c2"
+)
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+func binary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "pamworker-e2e")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "pamworker")
+		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+type rig struct {
+	natsURL string
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	segura  *sandbox.Segura
+	element *sandbox.Element
+	env     []string // PAMWORKER_* settings for the worker and send
+}
+
+func newRig(t *testing.T) *rig {
+	t.Helper()
+	ns, err := broker.Start(broker.Embedded{Listen: "127.0.0.1:-1", DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	r := &rig{natsURL: ns.ClientURL()}
+	r.nc, err = nats.Connect(r.natsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.nc.Close)
+	r.js, _ = jetstream.New(r.nc)
+	r.segura = sandbox.NewSegura(sandbox.SeguraOptions{ClientID: "e2e", ClientSecret: canarySecret})
+	r.element = sandbox.NewElement(sandbox.ElementOptions{Username: "admin", Password: canaryPassword})
+	ss, es := httptest.NewServer(r.segura), httptest.NewServer(r.element)
+	t.Cleanup(ss.Close)
+	t.Cleanup(es.Close)
+	secretFile := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(secretFile, []byte(canarySecret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r.env = []string{
+		"PAMWORKER_NATS_URL=" + r.natsURL,
+		"PAMWORKER_SEGURA_URL=" + ss.URL,
+		"PAMWORKER_SEGURA_CLIENT_ID=e2e",
+		"PAMWORKER_SEGURA_CLIENT_SECRET_FILE=" + secretFile,
+		"PAMWORKER_ELEMENT_URL=" + es.URL + "/json-rpc/12.0",
+		"PAMWORKER_ELEMENT_USERNAME=admin",
+		"PAMWORKER_ELEMENT_PASSWORD=" + canaryPassword,
+		"PAMWORKER_LOG_LEVEL=debug",
+	}
+	return r
+}
+
+// proc is a running pamworker process.
+type proc struct {
+	cmd      *exec.Cmd
+	httpAddr string
+	logs     *syncBuffer
+	done     chan error
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func baseEnv() []string {
+	return []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME"), "TMPDIR=" + os.TempDir()}
+}
+
+func startWorker(t *testing.T, env []string, args ...string) *proc {
+	t.Helper()
+	p := &proc{httpAddr: freeAddr(t), logs: &syncBuffer{}, done: make(chan error, 1)}
+	p.cmd = exec.Command(binary(t), append([]string{"run"}, args...)...)
+	p.cmd.Env = append(append(baseEnv(), env...), "PAMWORKER_HTTP_ADDR="+p.httpAddr)
+	p.cmd.Dir = t.TempDir()
+	p.cmd.Stdout = p.logs
+	p.cmd.Stderr = p.logs
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.done <- p.cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = p.cmd.Process.Kill()
+		<-p.done
+		if t.Failed() {
+			t.Logf("worker logs:\n%s", p.logs.String())
+		}
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get("http://" + p.httpAddr + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return p
+			}
+		}
+		select {
+		case err := <-p.done:
+			t.Fatalf("worker exited before ready: %v\n%s", err, p.logs.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("worker not ready in 30s:\n%s", p.logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (p *proc) get(t *testing.T, path string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + p.httpAddr + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+// send runs `pamworker send` and returns its stdout, stderr and exit status.
+func send(t *testing.T, env []string, args ...string) (string, string, int) {
+	t.Helper()
+	cmd := exec.Command(binary(t), append([]string{"send"}, args...)...)
+	cmd.Env = append(baseEnv(), env...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if err != nil && !errors.As(err, &ee) {
+		t.Fatal(err)
+	}
+	return stdout.String(), stderr.String(), cmd.ProcessState.ExitCode()
+}
+
+func TestEndToEnd(t *testing.T) {
+	t.Parallel()
+	r := newRig(t)
+	w := startWorker(t, r.env)
+	session := r.segura.AddSession()
+
+	// Each case runs the real `send` and checks its one JSON document and exit status.
+	for _, tc := range []struct {
+		subject, payload string
+		exit             int
+		status           events.Status
+	}{
+		{events.SessionDrop, `{"session_id":"` + session + `","correlation_id":"INC-4711"}`, 0, events.Succeeded},
+		{events.CredentialDisable, `{"username":"root","hostname":"db01"}`, 0, events.Succeeded},
+		{events.CredentialDisable, `{"credential_id":999999}`, 1, events.Failed},
+		{events.ElementSessionsDelete, `{"username":"admin"}`, 0, events.Succeeded},
+		{events.CredentialEnable, `{"credential_id":"x"}`, 1, events.Rejected},
+		{events.CredentialEnable, `not json`, 1, events.Rejected},
+	} {
+		stdout, stderr, code := send(t, r.env, tc.subject, tc.payload, "--wait", "20s")
+		var res events.Result
+		if err := json.Unmarshal([]byte(stdout), &res); err != nil {
+			t.Fatalf("%s %s: stdout is not one JSON result: %v\n%s\nstderr: %s", tc.subject, tc.payload, err, stdout, stderr)
+		}
+		if code != tc.exit || res.Status != tc.status || res.Action != tc.subject {
+			t.Errorf("%s %s: exit %d status %s, want %d %s\n%s", tc.subject, tc.payload, code, res.Status, tc.exit, tc.status, stdout)
+		}
+	}
+	if r.segura.SessionOpen(session) {
+		t.Error("session not dropped")
+	}
+
+	// Usage errors exit 2 without publishing.
+	if _, _, code := send(t, r.env, events.SessionDrop); code != 2 {
+		t.Errorf("send without payload: exit %d, want 2", code)
+	}
+	if _, _, code := send(t, r.env, events.SessionDrop, `{}`, "--wait", "soon"); code != 2 {
+		t.Errorf("send with a bad --wait: exit %d, want 2", code)
+	}
+
+	metrics := w.get(t, "/metrics")
+	for _, want := range []string{
+		`pamworker_events_processed_total{action="pam.session.drop",status="succeeded"} 1`,
+		`pamworker_events_processed_total{action="pam.credential.disable",status="failed"} 1`,
+		`pamworker_events_processed_total{action="pam.credential.enable",status="rejected"} 2`,
+		`pamworker_api_requests_total{action="pam.session.drop",code="200",target="segura/default"} 1`,
+		`pamworker_target_up{target="segura/default"} 1`,
+		`pamworker_in_flight 0`,
+		`pamworker_event_duration_seconds_bucket{action="pam.session.drop",le=`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	if got := w.get(t, "/healthz"); got != "ok\n" {
+		t.Errorf("/healthz = %q", got)
+	}
+
+	// No secret anywhere: logs (debug level), metrics, results.
+	results := allResults(t, r.js)
+	for name, text := range map[string]string{"logs": w.logs.String(), "metrics": metrics, "results": results} {
+		for _, secret := range []string{canarySecret, canaryPassword} {
+			if strings.Contains(text, secret) {
+				t.Errorf("secret found in %s", name)
+			}
+		}
+	}
+
+	// SIGTERM: a clean exit 0.
+	_ = w.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-w.done:
+		if err != nil {
+			t.Errorf("exit after SIGTERM: %v", err)
+		}
+		w.done <- err // for the cleanup
+	case <-time.After(30 * time.Second):
+		t.Error("worker did not exit after SIGTERM")
+	}
+}
+
+// TestKillMidLoad SIGKILLs the worker while it works through a backlog, starts a new one, and
+// checks that every event ends with exactly one result in the results stream.
+func TestKillMidLoad(t *testing.T) {
+	t.Parallel()
+	r := newRig(t)
+	r.segura.SetLatency(15 * time.Millisecond)
+	env := append(r.env, "PAMWORKER_CONCURRENCY=8", "PAMWORKER_LOG_LEVEL=info", "PAMWORKER_ACK_WAIT=5s")
+	w := startWorker(t, env)
+
+	seen := map[string]int{}
+	var mu sync.Mutex
+	sub, err := r.nc.Subscribe("results.>", func(m *nats.Msg) {
+		var res events.Result
+		if json.Unmarshal(m.Data, &res) == nil {
+			mu.Lock()
+			seen[res.EventID]++
+			mu.Unlock()
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	count := func() int { mu.Lock(); defer mu.Unlock(); return len(seen) }
+
+	const n = 1500
+	ids := make([]string, n)
+	ctx := context.Background()
+	for i := range ids {
+		ids[i] = fmt.Sprintf("kill-%04d", i)
+		payload := fmt.Sprintf(`{"event_id":%q,"credential_id":%d}`, ids[i], 1+i%100)
+		subject := events.CredentialDisable
+		if i%2 == 1 {
+			subject = events.CredentialEnable
+		}
+		if _, err := r.js.PublishAsync(subject, []byte(payload), jetstream.WithMsgID(ids[i])); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case <-r.js.PublishAsyncComplete():
+	case <-time.After(30 * time.Second):
+		t.Fatal("publishing did not complete")
+	}
+
+	waitUntil(t, 60*time.Second, func() bool { return count() >= n/5 })
+	if err := w.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-w.done
+	w.done <- nil
+	atKill := count()
+	if atKill >= n {
+		t.Fatalf("all %d events finished before the kill; the test proves nothing", n)
+	}
+	t.Logf("killed with %d of %d events answered", atKill, n)
+
+	startWorker(t, env)
+	waitUntil(t, 120*time.Second, func() bool { return count() >= n })
+
+	// Exactly one result per event in the results stream; none lost.
+	perID := map[string]int{}
+	cons, err := r.js.OrderedConsumer(ctx, "PAMWORKER_RESULTS", jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, _ := cons.Info(ctx)
+	for i := uint64(0); i < info.NumPending; i++ {
+		m, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var res events.Result
+		if err := json.Unmarshal(m.Data(), &res); err != nil {
+			t.Fatal(err)
+		}
+		perID[res.EventID]++
+		if res.Status != events.Succeeded {
+			t.Errorf("event %s: %s %+v", res.EventID, res.Status, res.Error)
+		}
+	}
+	lost, dup := 0, 0
+	for _, id := range ids {
+		switch perID[id] {
+		case 0:
+			lost++
+		case 1:
+		default:
+			dup++
+		}
+	}
+	t.Logf("results stream: %d events, lost=%d, duplicated results=%d, vendor calls=%d", len(perID), lost, dup, r.segura.Calls())
+	if lost != 0 || dup != 0 {
+		t.Errorf("lost=%d duplicated=%d, want 0 and 0", lost, dup)
+	}
+	// Calls repeated by the crash are bounded by what was in flight or fetched at the kill.
+	if extra := r.segura.Calls() - n; extra < 0 || extra > 2*8 {
+		t.Errorf("%d vendor calls for %d events: %d repeats, more than the 16 the kill could have caught in flight", r.segura.Calls(), n, extra)
+	}
+}
+
+// TestTwoReplicasSplitWork: two processes share the durable consumer; each takes part of the
+// work and every event is answered once.
+func TestTwoReplicasSplitWork(t *testing.T) {
+	t.Parallel()
+	r := newRig(t)
+	r.segura.SetLatency(5 * time.Millisecond)
+	env := append(r.env, "PAMWORKER_CONCURRENCY=4", "PAMWORKER_LOG_LEVEL=warn")
+	a, b := startWorker(t, env), startWorker(t, env)
+
+	const n = 400
+	for i := range n {
+		id := fmt.Sprintf("split-%03d", i)
+		payload := fmt.Sprintf(`{"event_id":%q,"credential_id":%d}`, id, 1+i%100)
+		if _, err := r.js.PublishAsync(events.CredentialDisable, []byte(payload), jetstream.WithMsgID(id)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-r.js.PublishAsyncComplete()
+	processed := func(p *proc) int {
+		total := 0
+		for _, line := range strings.Split(p.get(t, "/metrics"), "\n") {
+			if strings.HasPrefix(line, "pamworker_events_processed_total{") {
+				var v int
+				fmt.Sscanf(line[strings.LastIndexByte(line, ' ')+1:], "%d", &v)
+				total += v
+			}
+		}
+		return total
+	}
+	waitUntil(t, 60*time.Second, func() bool { return processed(a)+processed(b) >= n })
+	na, nb := processed(a), processed(b)
+	t.Logf("replica A processed %d, replica B %d", na, nb)
+	if na+nb != n || na == 0 || nb == 0 {
+		t.Errorf("replicas processed %d + %d of %d events; want all, split between both", na, nb, n)
+	}
+	perID := map[string]int{}
+	for _, line := range strings.Split(strings.TrimSpace(allResults(t, r.js)), "\n") {
+		var res events.Result
+		if err := json.Unmarshal([]byte(line), &res); err != nil {
+			t.Fatal(err)
+		}
+		perID[res.EventID]++
+	}
+	if len(perID) != n {
+		t.Errorf("%d distinct results, want %d", len(perID), n)
+	}
+	for id, c := range perID {
+		if c != 1 {
+			t.Errorf("event %s has %d results", id, c)
+		}
+	}
+}
+
+// TestSandboxNewcomer runs the README's first command: the embedded NATS server and the
+// simulators, then drops a session with `send` alone.
+func TestSandboxNewcomer(t *testing.T) {
+	t.Parallel()
+	env := []string{"PAMWORKER_NATS_LISTEN=" + freeAddr(t), "PAMWORKER_DATA_DIR=" + filepath.Join(t.TempDir(), "data")}
+	startWorker(t, env, "--sandbox")
+	stdout, stderr, code := send(t, env, events.SessionDrop, `{"session_id":"`+sandbox.SandboxSessions()[0]+`"}`, "--wait", "20s")
+	if code != 0 || !strings.Contains(stdout, `"status": "succeeded"`) {
+		t.Fatalf("exit %d\nstdout: %s\nstderr: %s", code, stdout, stderr)
+	}
+	stdout, _, code = send(t, env, events.CredentialDisable, `{"username":"root","hostname":"db01"}`, "--wait", "20s")
+	if code != 0 || !strings.Contains(stdout, "Credential successfully deactivated") {
+		t.Fatalf("exit %d\n%s", code, stdout)
+	}
+}
+
+// TestBadConfigStops: a malformed setting stops start-up with one line naming it.
+func TestBadConfigStops(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ env, names string }{
+		{"PAMWORKER_CONCURRENCY=lots", "PAMWORKER_CONCURRENCY"},
+		{"PAMWORKER_CONCURENCY=8", "PAMWORKER_CONCURENCY"},
+		{"PAMWORKER_SEGURA_URL=https://segura.example.com", "PAMWORKER_SEGURA_CLIENT_ID"},
+		{"PAMWORKER_HTTP_TIMEOUT=10", "PAMWORKER_HTTP_TIMEOUT"},
+	} {
+		cmd := exec.Command(binary(t), "run")
+		cmd.Env = append(baseEnv(), tc.env, "PAMWORKER_DATA_DIR="+t.TempDir())
+		out, err := cmd.CombinedOutput()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+			t.Errorf("%s: %v, want exit status 1", tc.env, err)
+		}
+		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+		if len(lines) != 1 || !strings.Contains(lines[0], tc.names) {
+			t.Errorf("%s: output %q, want one line naming %s", tc.env, out, tc.names)
+		}
+	}
+}
+
+func allResults(t *testing.T, js jetstream.JetStream) string {
+	t.Helper()
+	ctx := context.Background()
+	cons, err := js.OrderedConsumer(ctx, "PAMWORKER_RESULTS", jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, _ := cons.Info(ctx)
+	var b strings.Builder
+	for i := uint64(0); i < info.NumPending; i++ {
+		m, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.Write(m.Data())
+		b.WriteByte('\n')
+	}
+	return b.String()
+}
+
+func waitUntil(t *testing.T, limit time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met in %v", limit)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}

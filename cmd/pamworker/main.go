@@ -1,0 +1,71 @@
+// Command pamworker runs the worker (`pamworker` or `pamworker run [--sandbox]`) and publishes
+// single events for playbooks and people (`pamworker send SUBJECT 'JSON' [--wait 10s]`).
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// Set by the release build with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// After the first signal, restore the default handling: a second one ends the process at
+	// once. Nothing is lost by that: unacknowledged events are redelivered by JetStream.
+	context.AfterFunc(ctx, stop)
+	os.Exit(run(ctx, os.Args[1:], os.Getenv, os.Environ(), os.Stdout, os.Stderr))
+}
+
+// Exit statuses of the contract.
+const (
+	exitOK     = 0 // succeeded
+	exitFailed = 1 // failed or rejected (send), or the worker could not run
+	exitUsage  = 2 // usage error, or no result in time (send)
+)
+
+const usage = `usage:
+  pamworker [run] [--sandbox]                      run the worker
+  pamworker send SUBJECT 'JSON' [--wait DURATION]  publish one event; with --wait print its result
+  pamworker version                                print the version
+
+Configuration is read from PAMWORKER_* environment variables and the YAML file named by
+PAMWORKER_CONFIG; see README.md.
+`
+
+// run is the whole program behind main, so tests can start it in-process.
+func run(ctx context.Context, args []string, getenv func(string) string, environ []string, stdout, stderr io.Writer) int {
+	cmd := "run"
+	if len(args) > 0 && (args[0] == "run" || args[0] == "send" || args[0] == "version" || args[0] == "help") {
+		cmd, args = args[0], args[1:]
+	}
+	switch cmd {
+	case "send":
+		return runSend(ctx, args, getenv, environ, stdout, stderr)
+	case "version":
+		fmt.Fprintln(stdout, "pamworker", version)
+		return exitOK
+	case "help":
+		fmt.Fprint(stdout, usage)
+		return exitOK
+	}
+	sandbox := false
+	for _, a := range args {
+		switch a {
+		case "--sandbox", "-sandbox":
+			sandbox = true
+		case "-h", "--help":
+			fmt.Fprint(stdout, usage)
+			return exitOK
+		default:
+			fmt.Fprintf(stderr, "pamworker: unknown argument %q\n%s", a, usage)
+			return exitUsage
+		}
+	}
+	return runWorker(ctx, sandbox, getenv, environ, stderr)
+}

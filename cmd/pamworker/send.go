@@ -1,0 +1,244 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/pamworker/pamworker/broker"
+	"github.com/pamworker/pamworker/config"
+	"github.com/pamworker/pamworker/events"
+	"github.com/pamworker/pamworker/worker"
+)
+
+// sendArgs are the parsed arguments of `pamworker send`. Flags may stand before or after the
+// positional arguments, as people type them.
+type sendArgs struct {
+	subject string
+	payload []byte
+	wait    time.Duration
+}
+
+func parseSendArgs(args []string) (sendArgs, error) {
+	var a sendArgs
+	var pos []string
+	for i := 0; i < len(args); i++ {
+		arg := args[i]
+		name, val, hasVal := strings.Cut(strings.TrimLeft(arg, "-"), "=")
+		switch {
+		case !strings.HasPrefix(arg, "-") || arg == "-":
+			pos = append(pos, arg)
+			continue
+		case name != "wait":
+			return a, fmt.Errorf("unknown flag %s", arg)
+		case !hasVal:
+			if i+1 >= len(args) {
+				return a, errors.New("--wait needs a duration, e.g. --wait 10s")
+			}
+			i++
+			val = args[i]
+		}
+		d, err := time.ParseDuration(val)
+		if err != nil || d <= 0 {
+			return a, fmt.Errorf("--wait %q is not a positive duration such as 10s", val)
+		}
+		a.wait = d
+	}
+	if len(pos) != 2 {
+		return a, errors.New("send takes SUBJECT and 'JSON'")
+	}
+	a.subject, a.payload = pos[0], []byte(pos[1])
+	if a.subject == "" || strings.ContainsAny(a.subject, " \t\r\n*>") || strings.HasPrefix(a.subject, "results.") {
+		return a, fmt.Errorf("%q is not an action subject", a.subject)
+	}
+	return a, nil
+}
+
+// runSend publishes one event through JetStream and, with --wait, prints its result.
+func runSend(ctx context.Context, args []string, getenv func(string) string, environ []string, stdout, stderr io.Writer) int {
+	a, err := parseSendArgs(args)
+	if err != nil {
+		fmt.Fprintf(stderr, "pamworker send: %v\n%s", err, usage)
+		return exitUsage
+	}
+	cfg, err := config.Load(getenv, environ)
+	if err != nil {
+		fmt.Fprintln(stderr, "pamworker: configuration:", err)
+		return exitUsage
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: max(cfg.LogLevel, slog.LevelWarn)}))
+	urls := cfg.NATSURL.Reveal()
+	if urls == "" {
+		urls = "nats://" + cfg.NATSListen
+	}
+	nc, err := broker.Connect(urls, "pamworker-send", log, nats.MaxReconnects(5))
+	if err != nil {
+		fmt.Fprintf(stderr, "pamworker send: %v (is the worker, or the NATS server at %s, running?)\n", err, redactURL(urls))
+		return exitUsage
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		fmt.Fprintln(stderr, "pamworker send:", err)
+		return exitUsage
+	}
+
+	id, payload, replyTo := prepare(a.payload, a.wait > 0)
+	var inbox *nats.Subscription
+	if replyTo != "" {
+		if inbox, err = nc.SubscribeSync(replyTo); err != nil {
+			fmt.Fprintln(stderr, "pamworker send:", err)
+			return exitUsage
+		}
+		defer inbox.Unsubscribe()
+	}
+	sent := time.Now()
+	ack, err := js.PublishMsg(ctx, &nats.Msg{
+		Subject: a.subject,
+		Header:  nats.Header{jetstream.MsgIDHeader: []string{id}},
+		Data:    payload,
+	})
+	if err != nil {
+		fmt.Fprintf(stderr, "pamworker send: publish to %s: %v\n", a.subject, err)
+		return exitUsage
+	}
+	fmt.Fprintf(stderr, "published event %s to %s (stream %s, sequence %d)\n", id, a.subject, ack.Stream, ack.Sequence)
+	if a.wait == 0 {
+		return exitOK
+	}
+
+	wctx, cancel := context.WithTimeout(ctx, a.wait)
+	defer cancel()
+	var raw []byte
+	switch {
+	case ack.Duplicate:
+		// The stream dropped this publish as a repeat of one it already holds; that one's
+		// result is in the results stream, from within the duplicate window.
+		fmt.Fprintln(stderr, "the stream already holds an event with this id; waiting for its result")
+		raw, err = watchResults(wctx, js, a.subject, id, sent.Add(-worker.DefaultTopology().DedupWindow))
+	case inbox != nil:
+		var m *nats.Msg
+		if m, err = inbox.NextMsgWithContext(wctx); err == nil {
+			raw = m.Data
+		}
+	default: // the payload could not carry a reply_to (not a JSON object)
+		raw, err = watchResults(wctx, js, a.subject, id, sent.Add(-time.Second))
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "pamworker send: no result for event %s within %v\n", id, a.wait)
+		return exitUsage
+	}
+	var res events.Result
+	if err := json.Unmarshal(raw, &res); err != nil {
+		fmt.Fprintln(stderr, "pamworker send: unreadable result:", err)
+		return exitUsage
+	}
+	var pretty bytes.Buffer
+	if json.Indent(&pretty, raw, "", "  ") != nil {
+		pretty.Reset()
+		pretty.Write(raw)
+	}
+	fmt.Fprintln(stdout, pretty.String())
+	if res.Status == events.Succeeded {
+		return exitOK
+	}
+	return exitFailed
+}
+
+// prepare gives the payload an event id (its own event_id or CloudEvents id, else a new one)
+// and, when a result is awaited, a reply_to inbox. A payload that is not a JSON object is sent
+// unchanged: the worker will answer it with a rejection, which is what its sender should see.
+func prepare(payload []byte, wait bool) (id string, out []byte, replyTo string) {
+	var obj map[string]json.RawMessage
+	if json.Unmarshal(payload, &obj) != nil || obj == nil {
+		return newEventID(), payload, ""
+	}
+	target := obj
+	if _, ce := obj["specversion"]; ce {
+		_ = json.Unmarshal(obj["id"], &id)
+		var data map[string]json.RawMessage
+		if json.Unmarshal(obj["data"], &data) != nil || data == nil {
+			return cmpID(id), payload, ""
+		}
+		target = data
+	} else {
+		_ = json.Unmarshal(obj["event_id"], &id)
+		if id == "" {
+			id = newEventID()
+			obj["event_id"], _ = json.Marshal(id)
+		}
+	}
+	if wait {
+		if _, has := target["reply_to"]; has {
+			_ = json.Unmarshal(target["reply_to"], &replyTo)
+		} else {
+			replyTo = nats.NewInbox()
+			target["reply_to"], _ = json.Marshal(replyTo)
+		}
+	}
+	if _, ce := obj["specversion"]; ce {
+		obj["data"], _ = json.Marshal(target)
+	}
+	out, err := json.Marshal(obj)
+	if err != nil {
+		return cmpID(id), payload, ""
+	}
+	return cmpID(id), out, replyTo
+}
+
+func cmpID(id string) string {
+	if id == "" {
+		return newEventID()
+	}
+	return id
+}
+
+// watchResults reads results of subject from start on and returns the one of eventID.
+func watchResults(ctx context.Context, js jetstream.JetStream, subject, eventID string, start time.Time) ([]byte, error) {
+	cons, err := js.OrderedConsumer(ctx, worker.DefaultTopology().ResultsStream, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{events.ResultSubject(subject)},
+		DeliverPolicy:  jetstream.DeliverByStartTimePolicy,
+		OptStartTime:   &start,
+	})
+	if err != nil {
+		return nil, err
+	}
+	for {
+		msg, err := cons.Next(jetstream.FetchContext(ctx))
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			continue
+		}
+		var r struct {
+			EventID string `json:"event_id"`
+		}
+		if json.Unmarshal(msg.Data(), &r) == nil && r.EventID == eventID {
+			return msg.Data(), nil
+		}
+	}
+}
+
+// redactURL hides a password in a NATS URL for an error message.
+func redactURL(urls string) string {
+	var out []string
+	for _, u := range strings.Split(urls, ",") {
+		if at := strings.LastIndex(u, "@"); at >= 0 {
+			if scheme := strings.Index(u, "://"); scheme >= 0 && scheme < at {
+				u = u[:scheme+3] + "***" + u[at:]
+			}
+		}
+		out = append(out, u)
+	}
+	return strings.Join(out, ",")
+}

@@ -1,0 +1,437 @@
+package worker_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+
+	"github.com/pamworker/pamworker/events"
+	"github.com/pamworker/pamworker/sandbox"
+	"github.com/pamworker/pamworker/worker"
+)
+
+type workerConfig = worker.Config
+
+var jsonUnmarshal = json.Unmarshal
+
+// TestActions drives every action of the contract through the real stream and consumer to the
+// simulators, and checks each outcome: applied, already applied (noop), refused.
+func TestActions(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{})
+	session := b.segura.AddSession()
+
+	tests := []struct {
+		name       string
+		subject    string
+		payload    string
+		status     events.Status
+		noop       bool
+		code       string
+		wantMsgSub string
+	}{
+		{"drop session", events.SessionDrop, `{"session_id":"` + session + `"}`, events.Succeeded, false, "", "Session dropped successfully"},
+		{"drop unknown session", events.SessionDrop, `{"session_id":"no-such-session"}`, events.Failed, false, "session_drop_error", "dropping session"},
+		{"disable by id", events.CredentialDisable, `{"credential_id":7}`, events.Succeeded, false, "", "deactivated"},
+		{"disable again is a noop (1008)", events.CredentialDisable, `{"credential_id":"7"}`, events.Succeeded, true, "", "1008"},
+		{"enable", events.CredentialEnable, `{"credential_id":7}`, events.Succeeded, false, "", "activated"},
+		{"enable again is a noop (1043)", events.CredentialEnable, `{"credential_id":7}`, events.Succeeded, true, "", "1043"},
+		{"disable by username@hostname", events.CredentialDisable, `{"username":"svc08","hostname":"host08"}`, events.Succeeded, false, "", "deactivated"},
+		{"release custody", events.CustodyRelease, fmt.Sprintf(`{"credential_id":%d}`, sandbox.CustodyCredentialID), events.Succeeded, false, "", "released"},
+		{"release custody not held is a noop (1018)", events.CustodyRelease, `{"credential_id":9}`, events.Succeeded, true, "", "1018"},
+		{"unknown credential (1007)", events.CredentialDisable, `{"credential_id":999999}`, events.Failed, false, "1007", "not found"},
+		{"no access (1009)", events.CredentialDisable, fmt.Sprintf(`{"credential_id":%d}`, sandbox.NoAccessCredentialID), events.Failed, false, "1009", "No access"},
+		{"not a credential (1010)", events.CredentialDisable, fmt.Sprintf(`{"credential_id":%d}`, sandbox.NotCredentialID), events.Failed, false, "1010", "not a credential"},
+		{"element sessions", events.ElementSessionsDelete, `{"username":"admin","auth_method":"cluster"}`, events.Succeeded, false, "", "deleted 2"},
+		{"element, none left", events.ElementSessionsDelete, `{"username":"admin"}`, events.Succeeded, true, "", "no auth sessions"},
+	}
+	for _, tc := range tests { // in order: later cases depend on the state earlier ones leave
+		id := b.send(t, tc.subject, tc.payload)
+		r := b.result(t, id)
+		if r.Status != tc.status || r.Noop != tc.noop || !strings.Contains(r.Message, tc.wantMsgSub) {
+			t.Errorf("%s: got status=%s noop=%v message=%q, want %s noop=%v containing %q", tc.name, r.Status, r.Noop, r.Message, tc.status, tc.noop, tc.wantMsgSub)
+		}
+		if tc.code != "" && (r.Error == nil || r.Error.Code != tc.code || r.Error.Retryable) {
+			t.Errorf("%s: error = %+v, want code %s, not retryable", tc.name, r.Error, tc.code)
+		}
+		if r.Attempts != 1 {
+			t.Errorf("%s: attempts = %d, want 1 (refusals and successes are not retried)", tc.name, r.Attempts)
+		}
+		if r.Action != tc.subject || r.Target != "default" || r.FinishedAt == (events.Timestamp{}) {
+			t.Errorf("%s: result fields %+v", tc.name, r)
+		}
+	}
+	if b.segura.SessionOpen(session) {
+		t.Error("session still open after drop")
+	}
+	if active, _, _ := b.segura.Credential(8); active {
+		t.Error("svc08@host08 still active after disable by name")
+	}
+	if _, custody, _ := b.segura.Credential(sandbox.CustodyCredentialID); custody {
+		t.Error("credential 94 still in custody")
+	}
+	if n := b.element.Sessions("admin"); n != 0 {
+		t.Errorf("admin has %d Element sessions left", n)
+	}
+	if got := b.metric(t, "pamworker_events_processed_total", map[string]string{"action": events.CredentialDisable, "status": "failed"}); got != 3 {
+		t.Errorf("failed disables counted %v, want 3", got)
+	}
+}
+
+// TestRejections: bad input gets a rejected result naming the problem, no vendor call, and the
+// worker carries on.
+func TestRejections(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{cfg: func() (c workerConfig) { c = fastConfig(); c.MaxEventBytes = 1024; return }()})
+	tests := []struct {
+		name, subject, payload, code, inMessage string
+	}{
+		{"malformed JSON", events.SessionDrop, `{"session_id":`, "invalid_event", "JSON"},
+		{"not an object", events.SessionDrop, `[1,2]`, "invalid_event", "JSON object"},
+		{"wrong type", events.CredentialEnable, `{"credential_id":true}`, "invalid_event", "credential_id"},
+		{"unknown field", events.CredentialDisable, `{"credential_id":5,"dryrun":true}`, "invalid_event", "dryrun"},
+		{"missing id", events.SessionDrop, `{}`, "invalid_event", "session_id is required"},
+		{"path traversal", events.SessionDrop, `{"session_id":".."}`, "invalid_event", "session_id"},
+		{"username with @", events.CredentialDisable, `{"username":"a@b","hostname":"h"}`, "invalid_event", "@"},
+		{"reply_to not an inbox", events.SessionDrop, `{"session_id":"x","reply_to":"pam.credential.disable"}`, "invalid_event", "reply_to"},
+		{"too large", events.SessionDrop, `{"session_id":"x","reason":"` + strings.Repeat("a", 2000) + `"}`, "event_too_large", "limit is 1024"},
+		{"unknown subject", "pam.credential.explode", `{"credential_id":5}`, "unknown_action", "pam.credential.explode"},
+		{"unknown target", events.SessionDrop, `{"session_id":"x","target":"mars"}`, "target_not_configured", "mars"},
+	}
+	for _, tc := range tests {
+		id := ulid.Make().String()
+		b.publish(t, tc.subject, tc.payload, id) // the id comes from Nats-Msg-Id when the payload cannot give one
+		r := b.result(t, id)
+		if r.Status != events.Rejected || r.Error == nil || r.Error.Code != tc.code || !strings.Contains(r.Message, tc.inMessage) {
+			t.Errorf("%s: got %s %+v %q, want rejected %s mentioning %q", tc.name, r.Status, r.Error, r.Message, tc.code, tc.inMessage)
+		}
+	}
+	if n := b.segura.Calls() + b.element.Calls(); n != 0 {
+		t.Errorf("%d vendor calls for rejected events", n)
+	}
+	// Still working after all that.
+	id := b.send(t, events.CredentialDisable, `{"credential_id":3}`)
+	if r := b.result(t, id); r.Status != events.Succeeded {
+		t.Errorf("worker unhealthy after rejections: %+v", r)
+	}
+}
+
+func TestTargetNotConfigured(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{noElement: true})
+	id := b.send(t, events.ElementSessionsDelete, `{"username":"admin"}`)
+	r := b.result(t, id)
+	if r.Status != events.Rejected || r.Error.Code != events.CodeTargetNotConfigured {
+		t.Fatalf("got %+v", r)
+	}
+	if b.element.Calls() != 0 {
+		t.Error("unconfigured target was called")
+	}
+}
+
+func TestRetriesThenSuccess(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{})
+	b.segura.FailNext(1, sandbox.Fault{Status: 503})
+	b.segura.FailNext(1, sandbox.Fault{Status: 500})
+	id := b.send(t, events.CredentialDisable, `{"credential_id":11}`)
+	r := b.result(t, id)
+	if r.Status != events.Succeeded || r.Attempts != 3 {
+		t.Fatalf("got status %s after %d attempts, want succeeded after 3: %+v", r.Status, r.Attempts, r)
+	}
+	if got := b.metric(t, "pamworker_retries_total", map[string]string{"action": events.CredentialDisable, "reason": "server"}); got != 2 {
+		t.Errorf("retries_total{reason=server} = %v, want 2", got)
+	}
+	for code, want := range map[string]float64{"503": 1, "500": 1, "200": 1} {
+		if got := b.metric(t, "pamworker_api_requests_total", map[string]string{"action": events.CredentialDisable, "code": code, "target": "segura/default"}); got != want {
+			t.Errorf("api_requests_total{code=%s} = %v, want %v", code, got, want)
+		}
+	}
+}
+
+func TestElementTransientRetried(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{})
+	b.element.FailNext(1, sandbox.ElementFault{Name: "xDBVersionMismatch"})
+	b.element.FailNext(1, sandbox.ElementFault{Name: "xNotReadyForIO"})
+	id := b.send(t, events.ElementSessionsDelete, `{"username":"operator"}`)
+	r := b.result(t, id)
+	if r.Status != events.Succeeded || r.Attempts != 3 {
+		t.Fatalf("got %+v", r)
+	}
+	if got := b.metric(t, "pamworker_retries_total", map[string]string{"reason": "transient"}); got != 2 {
+		t.Errorf("retries_total{reason=transient} = %v, want 2", got)
+	}
+}
+
+// TestRetryAfterHonoured: a 429 with Retry-After is retried no sooner than the server asked.
+func TestRetryAfterHonoured(t *testing.T) {
+	t.Parallel()
+	c := fastConfig()
+	c.RetryMaxElapsed = 5 * time.Second
+	b := setup(t, options{cfg: c})
+	b.segura.FailNext(1, sandbox.Fault{Status: 429, RetryAfter: "1"})
+	id := b.send(t, events.CredentialDisable, `{"credential_id":12}`)
+	r := b.result(t, id)
+	if r.Status != events.Succeeded || r.Attempts != 2 {
+		t.Fatalf("got %+v", r)
+	}
+	at := b.seguraHTTP.arrivals()
+	if len(at) != 2 {
+		t.Fatalf("%d API requests, want 2", len(at))
+	}
+	// A lower bound, not a timing assertion: retrying sooner would disobey the server.
+	if gap := at[1].Sub(at[0]); gap < time.Second {
+		t.Errorf("retried after %v, before the 1s Retry-After", gap)
+	}
+	if got := b.metric(t, "pamworker_retries_total", map[string]string{"reason": "rate_limit"}); got != 1 {
+		t.Errorf("retries_total{reason=rate_limit} = %v", got)
+	}
+}
+
+// TestRetriesExhausted: each delivery spends its in-process budget, JetStream redelivers, and
+// only after MaxDeliveries spent budgets does the event fail — once.
+func TestRetriesExhausted(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{})
+	b.segura.FailNext(1000, sandbox.Fault{Status: 502})
+	id := b.send(t, events.CredentialDisable, `{"credential_id":13}`)
+	r := b.result(t, id)
+	if r.Status != events.Failed || r.Error == nil || !r.Error.Retryable || r.Error.HTTPStatus != 502 {
+		t.Fatalf("got %+v", r)
+	}
+	if got := b.metric(t, "pamworker_deferred_total", map[string]string{"reason": "retries_spent"}); got != 2 {
+		t.Errorf("deferred{retries_spent} = %v, want 2 (3 deliveries)", got)
+	}
+	calls := b.segura.Calls()
+	time.Sleep(500 * time.Millisecond) // longer than any redelivery delay in fastConfig
+	if b.segura.Calls() != calls || b.resultCount(id) != 1 {
+		t.Errorf("event kept running after its failed result: calls %d → %d, results %d", calls, b.segura.Calls(), b.resultCount(id))
+	}
+	if active, _, _ := b.segura.Credential(13); !active {
+		t.Error("the simulator applied a change it answered 502 to")
+	}
+}
+
+// TestAttemptTimeout: a vendor slower than the attempt timeout is retried.
+func TestAttemptTimeout(t *testing.T) {
+	t.Parallel()
+	c := fastConfig()
+	c.AttemptTimeout = 200 * time.Millisecond
+	c.RetryMaxElapsed = 3 * time.Second
+	b := setup(t, options{cfg: c})
+	b.segura.FailNext(1, sandbox.Fault{Delay: 2 * time.Second})
+	id := b.send(t, events.CredentialDisable, `{"credential_id":14}`)
+	r := b.result(t, id)
+	if r.Status != events.Succeeded || r.Attempts != 2 {
+		t.Fatalf("got %+v", r)
+	}
+	if got := b.metric(t, "pamworker_api_requests_total", map[string]string{"code": "timeout"}); got != 1 {
+		t.Errorf("api_requests_total{code=timeout} = %v, want 1", got)
+	}
+	if got := b.metric(t, "pamworker_retries_total", map[string]string{"reason": "timeout"}); got != 1 {
+		t.Errorf("retries_total{reason=timeout} = %v, want 1", got)
+	}
+}
+
+// TestTokenExpiresMidRun: a token the API stops accepting is refetched once, transparently.
+func TestTokenExpiresMidRun(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{})
+	if r := b.result(t, b.send(t, events.CredentialDisable, `{"credential_id":15}`)); r.Status != events.Succeeded {
+		t.Fatalf("first: %+v", r)
+	}
+	b.segura.ExpireTokens()
+	r := b.result(t, b.send(t, events.CredentialDisable, `{"credential_id":16}`))
+	if r.Status != events.Succeeded || r.Attempts != 1 {
+		t.Fatalf("after expiry: %+v", r)
+	}
+	if n := b.segura.TokenRequests(); n != 2 {
+		t.Errorf("token requests = %d, want 2 (one at start, one after expiry)", n)
+	}
+	if got := b.metric(t, "pamworker_api_requests_total", map[string]string{"code": "401"}); got != 1 {
+		t.Errorf("401s = %v, want 1", got)
+	}
+}
+
+// TestTargetRefusesWorker is the systemic case: the vendor locks the worker out. No event fails;
+// they wait, the target is reported down, and everything proceeds once the vendor relents.
+func TestTargetRefusesWorker(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name    string
+		breakIt func(b *bundle)
+		fixIt   func(b *bundle)
+	}{
+		{"authorization revoked", func(b *bundle) { b.segura.SetRevoked(true) }, func(b *bundle) { b.segura.SetRevoked(false) }},
+		{"client secret rotated", func(b *bundle) { b.segura.SetClientSecret("rotated"); b.segura.ExpireTokens() },
+			func(b *bundle) { b.segura.SetClientSecret("s3cret-canary") }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t, options{})
+			tc.breakIt(b)
+			var ids []string
+			for i := 20; i < 25; i++ {
+				ids = append(ids, b.send(t, events.CredentialDisable, fmt.Sprintf(`{"credential_id":%d}`, i)))
+			}
+			waitFor(t, 10*time.Second, "target down", func() bool {
+				return b.metric(t, "pamworker_target_up", map[string]string{"target": "segura/default"}) == 0
+			})
+			ready, why := b.w.Ready()
+			if !ready || !strings.Contains(strings.Join(why, "\n"), "segura/default") {
+				t.Errorf("Ready() = %v %q: want ready (consuming) with the down target named", ready, why)
+			}
+			time.Sleep(600 * time.Millisecond) // several TargetDownDelays: events must wait, not fail
+			for _, id := range ids {
+				if n := b.resultCount(id); n != 0 {
+					t.Fatalf("event %s got a result while the target refused the worker", id)
+				}
+			}
+			// An Element event is not held up by Segura's trouble.
+			if r := b.result(t, b.send(t, events.ElementSessionsDelete, `{"username":"operator"}`)); r.Status != events.Succeeded {
+				t.Errorf("element event: %+v", r)
+			}
+			tc.fixIt(b)
+			for _, id := range ids {
+				if r := b.result(t, id); r.Status != events.Succeeded {
+					t.Errorf("after recovery %s: %+v", id, r)
+				}
+			}
+			if b.metric(t, "pamworker_target_up", map[string]string{"target": "segura/default"}) != 1 {
+				t.Error("target_up not back to 1")
+			}
+			if got := b.metric(t, "pamworker_events_processed_total", map[string]string{"status": "failed"}); got != 0 {
+				t.Errorf("%v events failed because the worker was locked out", got)
+			}
+		})
+	}
+}
+
+// TestDuplicateEventID: the same event id published twice (a playbook retry that bypasses the
+// stream's dedupe window) calls the vendor once and is answered twice with the same result.
+func TestDuplicateEventID(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{})
+	id := ulid.Make().String()
+	payload := `{"event_id":"` + id + `","credential_id":30}`
+	b.publish(t, events.CredentialDisable, payload, "first-"+id)
+	first := b.result(t, id)
+
+	inbox := b.nc.NewRespInbox()
+	sub, err := b.nc.SubscribeSync(inbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.publish(t, events.CredentialDisable, `{"event_id":"`+id+`","credential_id":30,"reply_to":"`+inbox+`"}`, "second-"+id)
+	msg, err := sub.NextMsg(10 * time.Second)
+	if err != nil {
+		t.Fatal("no answer on reply_to for the duplicate:", err)
+	}
+	var again events.Result
+	if err := jsonUnmarshal(msg.Data, &again); err != nil {
+		t.Fatal(err)
+	}
+	if again.Status != events.Succeeded || again.FinishedAt != first.FinishedAt || again.Attempts != first.Attempts {
+		t.Errorf("duplicate answered with %+v, want the recorded %+v", again, first)
+	}
+	if n := b.segura.CallsTo("DELETE", "/pam/credential/30"); n != 1 {
+		t.Errorf("vendor called %d times for one event id", n)
+	}
+	if got := b.metric(t, "pamworker_duplicates_total", map[string]string{"action": events.CredentialDisable}); got != 1 {
+		t.Errorf("duplicates_total = %v", got)
+	}
+	if n := b.streamResults(t, events.CredentialDisable, id); n != 1 {
+		t.Errorf("results stream holds %d results for the event, want exactly 1", n)
+	}
+}
+
+func TestReplyToAndCloudEvents(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{})
+	inbox := b.nc.NewRespInbox()
+	sub, err := b.nc.SubscribeSync(inbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ce := `{"specversion":"1.0","id":"ce-123","source":"soar://playbook/7","type":"pam.credential.disable",` +
+		`"time":"2026-11-22T10:00:00Z","data":{"credential_id":31,"correlation_id":"INC-4711","requested_by":"soar","reply_to":"` + inbox + `"}}`
+	b.publish(t, events.CredentialDisable, ce, "")
+	msg, err := sub.NextMsg(10 * time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r events.Result
+	if err := jsonUnmarshal(msg.Data, &r); err != nil {
+		t.Fatal(err)
+	}
+	if r.EventID != "ce-123" || r.CorrelationID != "INC-4711" || r.RequestedBy != "soar" || r.Status != events.Succeeded {
+		t.Errorf("reply: %+v", r)
+	}
+	if got := b.result(t, "ce-123"); got.Status != events.Succeeded {
+		t.Errorf("results stream: %+v", got)
+	}
+}
+
+// TestDryRun: nothing that changes state is called.
+func TestDryRun(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{})
+	r := b.result(t, b.send(t, events.CredentialDisable, `{"credential_id":32,"dry_run":true}`))
+	if r.Status != events.Succeeded || !r.DryRun || !strings.Contains(jsonOf(r.Details), "/api/pam/credential/32") {
+		t.Errorf("segura dry run: %+v", r)
+	}
+	if b.segura.Calls() != 0 {
+		t.Errorf("dry run called Segura %d times", b.segura.Calls())
+	}
+	r = b.result(t, b.send(t, events.ElementSessionsDelete, `{"username":"admin","dry_run":true}`))
+	if r.Status != events.Succeeded || !strings.Contains(r.Message, "would delete 2") {
+		t.Errorf("element dry run: %+v", r)
+	}
+	if n := b.element.CallsTo("DeleteAuthSessionsByUsername"); n != 0 || b.element.Sessions("admin") != 2 {
+		t.Errorf("dry run deleted sessions: %d delete calls, %d sessions left", n, b.element.Sessions("admin"))
+	}
+}
+
+// TestSlowVendorKeptInProgress: an attempt longer than AckWait is not redelivered to another
+// consumer meanwhile, so the vendor is called once.
+func TestSlowVendorKeptInProgress(t *testing.T) {
+	t.Parallel()
+	c := fastConfig()
+	c.AckWait = time.Second
+	c.AttemptTimeout = 10 * time.Second
+	b := setup(t, options{cfg: c})
+	b.segura.SetLatency(2500 * time.Millisecond)
+	id := b.send(t, events.CredentialDisable, `{"credential_id":33}`)
+	if r := b.result(t, id); r.Status != events.Succeeded || r.Attempts != 1 {
+		t.Fatalf("got %+v", r)
+	}
+	if n := b.segura.Calls(); n != 1 {
+		t.Errorf("vendor called %d times; the message was redelivered while in progress", n)
+	}
+}
+
+// TestConcurrencyBound: never more calls at once than configured.
+func TestConcurrencyBound(t *testing.T) {
+	t.Parallel()
+	c := fastConfig()
+	c.Concurrency = 3
+	b := setup(t, options{cfg: c})
+	b.segura.SetLatency(100 * time.Millisecond)
+	var ids []string
+	for i := 40; i < 55; i++ {
+		ids = append(ids, b.send(t, events.CredentialDisable, fmt.Sprintf(`{"credential_id":%d}`, i)))
+	}
+	for _, id := range ids {
+		if r := b.result(t, id); r.Status != events.Succeeded {
+			t.Errorf("%+v", r)
+		}
+	}
+	if m := b.seguraHTTP.maxSeen.Load(); m > 3 || m < 2 {
+		t.Errorf("max concurrent vendor calls = %d, want ≤ 3 (and >1: the work is parallel)", m)
+	}
+}
