@@ -82,35 +82,21 @@ func decode(ev *Event, data []byte) error {
 	if err := json.Unmarshal(data, &probe); err != nil {
 		return rejectf(CodeInvalidEvent, "payload is not a JSON object: %s", jsonProblem(err))
 	}
+	if probe == nil {
+		return rejectf(CodeInvalidEvent, "payload is not a JSON object: expected a JSON object, got JSON null")
+	}
 	body := data
 	_, isCE := probe["specversion"]
 	if isCE {
 		var ce cloudEvent
-		if err := json.Unmarshal(data, &ce); err != nil {
-			return rejectf(CodeInvalidEvent, "CloudEvents envelope: %s", jsonProblem(err))
+		err := json.Unmarshal(data, &ce)
+		// The envelope's id answers the rejection too, and so does the metadata in its data.
+		if validID(ce.ID) == nil {
+			ev.ID = ce.ID
 		}
-		if ce.SpecVersion != "1.0" {
-			return rejectf(CodeInvalidEvent, "CloudEvents specversion %q is not supported (want 1.0)", ce.SpecVersion)
-		}
-		if err := validID(ce.ID); err != nil {
-			return rejectf(CodeInvalidEvent, "CloudEvents id %v", err)
-		}
-		ev.ID = ce.ID
-		if IsAction(ce.Type) && ce.Type != ev.Action {
-			return rejectf(CodeInvalidEvent, "CloudEvents type %q does not match subject %q", ce.Type, ev.Action)
-		}
-		if len(ce.DataBase64) > 0 {
-			return rejectf(CodeInvalidEvent, "CloudEvents data_base64 is not supported; send the payload as a JSON object in data")
-		}
-		if len(ce.Data) == 0 || bytes.Equal(ce.Data, []byte("null")) {
-			return rejectf(CodeInvalidEvent, "CloudEvents envelope has no data")
-		}
-		if ce.Time != "" {
-			t, err := time.Parse(time.RFC3339Nano, ce.Time)
-			if err != nil {
-				return rejectf(CodeInvalidEvent, "CloudEvents time %q is not RFC 3339", ce.Time)
-			}
-			ev.Time = t
+		if rej := checkCloudEvent(ev, &ce, err); rej != nil {
+			salvage(ev, ce.Data, true)
+			return rej
 		}
 		body = ce.Data
 	}
@@ -119,19 +105,56 @@ func decode(ev *Event, data []byte) error {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&p); err != nil {
-		// Take what metadata we can for the rejection, ignoring further errors.
-		var loose payload
-		_ = json.Unmarshal(body, &loose)
-		_ = takeMeta(ev, &loose, isCE, false)
+		salvage(ev, body, isCE)
 		return rejectf(CodeInvalidEvent, "%s", jsonProblem(err))
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return rejectf(CodeInvalidEvent, "trailing data after the JSON object")
 	}
 	if err := takeMeta(ev, &p, isCE, true); err != nil {
+		// One bad field must not hide the valid ones (id, reply_to ...) the rejection needs.
+		_ = takeMeta(ev, &p, isCE, false)
 		return err
 	}
 	return takeParams(ev, &p)
+}
+
+// checkCloudEvent validates a CloudEvents 1.0 envelope decoded into ce (err is the decoding
+// error) and takes its time.
+func checkCloudEvent(ev *Event, ce *cloudEvent, err error) *Rejection {
+	if err != nil {
+		return rejectf(CodeInvalidEvent, "CloudEvents envelope: %s", jsonProblem(err))
+	}
+	if ce.SpecVersion != "1.0" {
+		return rejectf(CodeInvalidEvent, "CloudEvents specversion %q is not supported (want 1.0)", ce.SpecVersion)
+	}
+	if err := validID(ce.ID); err != nil {
+		return rejectf(CodeInvalidEvent, "CloudEvents id %v", err)
+	}
+	if IsAction(ce.Type) && ce.Type != ev.Action {
+		return rejectf(CodeInvalidEvent, "CloudEvents type %q does not match subject %q", ce.Type, ev.Action)
+	}
+	if len(ce.DataBase64) > 0 {
+		return rejectf(CodeInvalidEvent, "CloudEvents data_base64 is not supported; send the payload as a JSON object in data")
+	}
+	if len(ce.Data) == 0 || bytes.Equal(ce.Data, []byte("null")) {
+		return rejectf(CodeInvalidEvent, "CloudEvents envelope has no data")
+	}
+	if ce.Time != "" {
+		t, err := time.Parse(time.RFC3339Nano, ce.Time)
+		if err != nil {
+			return rejectf(CodeInvalidEvent, "CloudEvents time %q is not RFC 3339", ce.Time)
+		}
+		ev.Time = t
+	}
+	return nil
+}
+
+// salvage takes the valid metadata of a payload that is being rejected, ignoring the rest.
+func salvage(ev *Event, body []byte, isCE bool) {
+	var loose payload
+	_ = json.Unmarshal(body, &loose)
+	_ = takeMeta(ev, &loose, isCE, false)
 }
 
 // takeMeta copies the fields common to every action. With strict it validates them; without,

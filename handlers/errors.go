@@ -3,6 +3,7 @@ package handlers
 import (
 	"errors"
 	"fmt"
+	"net/http"
 	"strconv"
 	"strings"
 	"time"
@@ -128,9 +129,13 @@ func ParseRetryAfter(v string, now time.Time) time.Duration {
 		return 0
 	}
 	var d time.Duration
-	if secs, err := strconv.Atoi(v); err == nil {
+	if secs, err := strconv.ParseUint(v, 10, 64); err == nil || errors.Is(err, strconv.ErrRange) {
+		// Cap before converting: a large count of seconds overflows a Duration into the negative.
+		if secs >= uint64(maxRetryAfter/time.Second) {
+			return maxRetryAfter
+		}
 		d = time.Duration(secs) * time.Second
-	} else if t, err := time.Parse(time.RFC1123, v); err == nil {
+	} else if t, err := http.ParseTime(v); err == nil { // IMF-fixdate and the two obsolete forms
 		d = t.Sub(now)
 	}
 	return min(max(d, 0), maxRetryAfter)

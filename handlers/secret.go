@@ -8,22 +8,35 @@ import (
 
 // Secret holds a password, client secret or token. Every way of printing it — fmt verbs, slog,
 // JSON — shows a redaction mark; only Reveal returns the value, at the one place it is sent.
-type Secret struct{ v string }
+//
+// The value sits behind a pointer: fmt cannot call String or Format on a Secret held in an
+// unexported struct field and prints such fields by reflection, which then shows an address.
+type Secret struct{ v *string }
 
 // NewSecret wraps s.
-func NewSecret(s string) Secret { return Secret{v: s} }
+func NewSecret(s string) Secret {
+	if s == "" {
+		return Secret{}
+	}
+	return Secret{v: &s}
+}
 
 const redacted = "[REDACTED]"
 
 // Reveal returns the secret value. Call it only where the value leaves for its vendor.
-func (s Secret) Reveal() string { return s.v }
+func (s Secret) Reveal() string {
+	if s.v == nil {
+		return ""
+	}
+	return *s.v
+}
 
 // IsZero reports whether no secret is set.
-func (s Secret) IsZero() bool { return s.v == "" }
+func (s Secret) IsZero() bool { return s.v == nil }
 
 // String implements fmt.Stringer.
 func (s Secret) String() string {
-	if s.v == "" {
+	if s.v == nil {
 		return ""
 	}
 	return redacted

@@ -128,6 +128,7 @@ func (w *Worker) Run(ctx context.Context) error {
 
 	sem := make(chan struct{}, w.cfg.Concurrency)
 	var wg sync.WaitGroup
+	fetchErrs, lastFetchErr := 0, ""
 	for {
 		acquired := false
 		select {
@@ -143,9 +144,20 @@ func (w *Worker) Run(ctx context.Context) error {
 			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
 				break
 			}
-			w.log.Warn("fetching events", "error", err)
+			// The iterator recovers from most errors by itself (missed heartbeats, a reconnect);
+			// back off so a persistent one does not spin, and log it when it changes.
+			if err.Error() != lastFetchErr {
+				w.log.Warn("fetching events", "error", err)
+				lastFetchErr = err.Error()
+			}
+			fetchErrs++
+			select {
+			case <-time.After(min(time.Duration(fetchErrs)*100*time.Millisecond, 2*time.Second)):
+			case <-ctx.Done():
+			}
 			continue
 		}
+		fetchErrs, lastFetchErr = 0, ""
 		if !acquired || ctx.Err() != nil {
 			// Fetched but shutting down: hand it to another replica now rather than after AckWait.
 			_ = msg.Nak()
