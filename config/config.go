@@ -172,7 +172,8 @@ func Load(getenv func(string) string, environ []string) (Config, error) {
 		dec := yaml.NewDecoder(bytes.NewReader(raw))
 		dec.KnownFields(true)
 		if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) { // io.EOF: an empty file
-			return Config{}, fmt.Errorf("PAMWORKER_CONFIG %s: %w", path, err)
+			// yaml.v3 lists type errors one per line; start-up reports one line.
+			return Config{}, fmt.Errorf("PAMWORKER_CONFIG %s: %s", path, strings.Join(strings.Fields(err.Error()), " "))
 		}
 	}
 	l := loader{getenv: getenv}
@@ -263,51 +264,57 @@ func (c Config) validate() error {
 	}
 	for _, name := range sortedKeys(c.Segura) {
 		s := c.Segura[name]
-		where := "segura." + name
-		if name == "default" {
-			where = "PAMWORKER_SEGURA_"
-		}
+		key := settingName("segura", name)
 		if err := validTargetName(name); err != nil {
 			return fmt.Errorf("segura target %q: %w", name, err)
 		}
 		if err := validURL(s.URL); err != nil {
-			return fmt.Errorf("%sURL: %w", where, err)
+			return fmt.Errorf("%s: %w", key("url"), err)
 		}
 		if s.TokenURL != "" {
 			if err := validURL(s.TokenURL); err != nil {
-				return fmt.Errorf("%sTOKEN_URL: %w", where, err)
+				return fmt.Errorf("%s: %w", key("token_url"), err)
 			}
 		}
 		if s.APIPrefix != "" && (!strings.HasPrefix(s.APIPrefix, "/") || strings.ContainsAny(s.APIPrefix, "?#% ")) {
-			return fmt.Errorf("%sAPI_PREFIX: %q must be a path such as /api or /iso", where, s.APIPrefix)
+			return fmt.Errorf("%s: %q must be a path such as /api or /iso", key("api_prefix"), s.APIPrefix)
 		}
 		if s.ClientID == "" {
-			return fmt.Errorf("%sCLIENT_ID: required when a Segura URL is set", where)
+			return fmt.Errorf("%s: required when a Segura URL is set", key("client_id"))
 		}
 		if s.ClientSecret.IsZero() {
-			return fmt.Errorf("%sCLIENT_SECRET: required when a Segura URL is set", where)
+			return fmt.Errorf("%s: required when a Segura URL is set", key("client_secret"))
 		}
 	}
 	for _, name := range sortedKeys(c.Element) {
 		e := c.Element[name]
-		where := "element." + name + "."
-		if name == "default" {
-			where = "PAMWORKER_ELEMENT_"
-		}
+		key := settingName("element", name)
 		if err := validTargetName(name); err != nil {
 			return fmt.Errorf("element target %q: %w", name, err)
 		}
 		if err := validURL(e.URL); err != nil {
-			return fmt.Errorf("%sURL: %w", where, err)
+			return fmt.Errorf("%s: %w", key("url"), err)
 		}
 		if e.Username == "" {
-			return fmt.Errorf("%sUSERNAME: required when an Element URL is set", where)
+			return fmt.Errorf("%s: required when an Element URL is set", key("username"))
 		}
 		if e.Password.IsZero() {
-			return fmt.Errorf("%sPASSWORD: required when an Element URL is set", where)
+			return fmt.Errorf("%s: required when an Element URL is set", key("password"))
 		}
 	}
 	return nil
+}
+
+// settingName names a target's setting as the operator sets it: the environment variable for
+// the default target (PAMWORKER_SEGURA_CLIENT_SECRET), the YAML key for a named one
+// (segura.dr.client_secret).
+func settingName(vendor, target string) func(key string) string {
+	return func(key string) string {
+		if target == "default" {
+			return "PAMWORKER_" + strings.ToUpper(vendor+"_"+key)
+		}
+		return vendor + "." + target + "." + key
+	}
 }
 
 // Insecure lists targets reached over plain HTTP on a non-loopback host, for a start-up warning.
@@ -339,16 +346,18 @@ func validURL(raw string) error {
 	}
 	u, err := url.Parse(raw)
 	switch {
+	case err != nil && strings.Contains(raw, "@"):
+		return errors.New("is not a URL (not shown: it may hold a password)")
 	case err != nil:
 		return fmt.Errorf("%q is not a URL", raw)
 	case u.Scheme != "https" && u.Scheme != "http":
-		return fmt.Errorf("%q must be an https:// URL", raw)
+		return fmt.Errorf("%q must be an https:// URL", u.Redacted())
 	case u.Host == "":
-		return fmt.Errorf("%q has no host", raw)
+		return fmt.Errorf("%q has no host", u.Redacted())
 	case u.User != nil:
 		return errors.New("must not carry credentials; use the username/password or client id/secret settings")
 	case u.RawQuery != "" || u.Fragment != "":
-		return fmt.Errorf("%q must not have a query or fragment", raw)
+		return fmt.Errorf("%q must not have a query or fragment", u.Redacted())
 	}
 	return nil
 }
@@ -421,15 +430,17 @@ func (l *loader) readFile(key, path string) string {
 	return v
 }
 
-func (l *loader) raw(name, fromFile string) string {
+// raw returns the value of setting name, from the environment or else from the file, and the
+// name to report a bad value under: the variable, or the file's key.
+func (l *loader) raw(name, fromFile string) (string, string) {
 	if v := l.getenv(name); v != "" {
-		return v
+		return v, name
 	}
-	return fromFile
+	return fromFile, "PAMWORKER_CONFIG " + strings.ToLower(strings.TrimPrefix(name, "PAMWORKER_"))
 }
 
 func (l *loader) integer(name, fromFile string, def, lo, hi int) int {
-	s := l.raw(name, fromFile)
+	s, name := l.raw(name, fromFile)
 	if s == "" {
 		return def
 	}
@@ -442,7 +453,7 @@ func (l *loader) integer(name, fromFile string, def, lo, hi int) int {
 }
 
 func (l *loader) duration(name, fromFile string, def, lo, hi time.Duration) time.Duration {
-	s := l.raw(name, fromFile)
+	s, name := l.raw(name, fromFile)
 	if s == "" {
 		return def
 	}
@@ -455,7 +466,7 @@ func (l *loader) duration(name, fromFile string, def, lo, hi time.Duration) time
 }
 
 func (l *loader) level(name, fromFile string) slog.Level {
-	s := l.raw(name, fromFile)
+	s, name := l.raw(name, fromFile)
 	if s == "" {
 		return slog.LevelInfo
 	}
