@@ -393,7 +393,8 @@ func validReplyTo(s string) error {
 		return fmt.Errorf("is longer than %d bytes", MaxIDBytes)
 	}
 	for _, tok := range strings.Split(s, ".") {
-		if tok == "" || tok == "*" || tok == ">" {
+		// NATS reserves * and > for wildcards: they cannot be part of a literal token either.
+		if tok == "" || strings.ContainsAny(tok, "*>") {
 			return fmt.Errorf("%q is not a literal subject", truncate(s, 64))
 		}
 	}
