@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -87,6 +88,10 @@ func decode(ev *Event, data []byte) error {
 	}
 	body := data
 	_, isCE := probe["specversion"]
+	if err := checkKeys(data, !isCE); err != nil {
+		salvage(ev, data, false)
+		return err
+	}
 	if isCE {
 		var ce cloudEvent
 		err := json.Unmarshal(data, &ce)
@@ -99,6 +104,10 @@ func decode(ev *Event, data []byte) error {
 			return rej
 		}
 		body = ce.Data
+		if err := checkKeys(body, true); err != nil {
+			salvage(ev, body, true)
+			return err
+		}
 	}
 
 	var p payload
@@ -155,6 +164,52 @@ func salvage(ev *Event, body []byte, isCE bool) {
 	var loose payload
 	_ = json.Unmarshal(body, &loose)
 	_ = takeMeta(ev, &loose, isCE, false)
+}
+
+// payloadKeys are the payload's field names, spelled exactly.
+var payloadKeys = func() map[string]bool {
+	m := map[string]bool{}
+	t := reflect.TypeFor[payload]()
+	for i := range t.NumField() {
+		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
+		m[name] = true
+	}
+	return m
+}()
+
+// checkKeys refuses what encoding/json would let through quietly: a key given twice (the last
+// would win, so two readers of one event could disagree on what it asks) and, with exact, a key
+// not spelled exactly as documented (encoding/json matches case-insensitively). It assumes
+// data is one valid JSON object.
+func checkKeys(data []byte, exact bool) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if _, err := dec.Token(); err != nil {
+		return nil // not an object; the decoder reports it
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil
+		}
+		key, _ := tok.(string)
+		folded := strings.ToLower(key)
+		if seen[folded] {
+			return rejectf(CodeInvalidEvent, "field %q is given more than once", key)
+		}
+		seen[folded] = true
+		if exact && !payloadKeys[key] {
+			if payloadKeys[folded] {
+				return rejectf(CodeInvalidEvent, "unknown field %q (fields are lower case: %q)", key, folded)
+			}
+			return rejectf(CodeInvalidEvent, "unknown field %q", key)
+		}
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			return nil
+		}
+	}
+	return nil
 }
 
 // takeMeta copies the fields common to every action. With strict it validates them; without,

@@ -19,7 +19,7 @@ const (
 type ErrorInfo struct {
 	Code       string `json:"code"`
 	Message    string `json:"message"`
-	HTTPStatus int    `json:"http_status,omitempty"`
+	HTTPStatus int    `json:"http_status"` // 0 when no HTTP reply is behind the error
 	Retryable  bool   `json:"retryable"`
 }
 

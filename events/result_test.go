@@ -171,7 +171,8 @@ func TestResultUnmarshalRoundTrip(t *testing.T) {
 	if !reflect.DeepEqual(in, out) {
 		t.Errorf("round trip\n got: %+v\nwant: %+v", out, in)
 	}
-	if _, ok := decodeObject(t, b)["error"].(map[string]any)["http_status"]; ok {
-		t.Error("http_status is present for an error without an HTTP status")
+	// Consumers get a stable shape: http_status is always there, 0 when no HTTP reply was had.
+	if v, ok := decodeObject(t, b)["error"].(map[string]any)["http_status"]; !ok || v != float64(0) {
+		t.Errorf("http_status = %v (present %v), want 0 for an error without an HTTP status", v, ok)
 	}
 }

@@ -193,7 +193,7 @@ func TestTransportError(t *testing.T) {
 		ctx        context.Context
 		err        error
 		wantReason handlers.Reason // for a RetryableError
-		wantPerm   bool
+		wantDown   bool
 		wantCtxErr error // returned as it is
 	}{
 		{name: "client timeout", ctx: context.Background(), err: urlErr(timeoutError{}), wantReason: handlers.ReasonTimeout},
@@ -203,22 +203,22 @@ func TestTransportError(t *testing.T) {
 		{name: "unexpected EOF", ctx: context.Background(), err: urlErr(errors.New("unexpected EOF")), wantReason: handlers.ReasonConnection},
 		{name: "cancelled parent", ctx: cancelled, err: urlErr(context.Canceled), wantCtxErr: context.Canceled},
 		{name: "cancelled parent wins over a timeout", ctx: cancelled, err: urlErr(timeoutError{}), wantCtxErr: context.Canceled},
-		{name: "redirect", ctx: context.Background(), err: urlErr(handlers.ErrRedirect), wantPerm: true},
+		{name: "redirect", ctx: context.Background(), err: urlErr(handlers.ErrRedirect), wantDown: true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			got := handlers.TransportError(tc.ctx, tc.err)
 			var re *handlers.RetryableError
-			var pe *handlers.PermanentError
+			var de *handlers.TargetDownError
 			switch {
 			case tc.wantCtxErr != nil:
 				if !errors.Is(got, tc.wantCtxErr) || errors.As(got, &re) {
 					t.Errorf("TransportError = %v (%T), want %v as it is", got, got, tc.wantCtxErr)
 				}
-			case tc.wantPerm:
-				if !errors.As(got, &pe) || pe.Code != "redirect" {
-					t.Errorf("TransportError = %v (%T), want a permanent redirect refusal", got, got)
+			case tc.wantDown:
+				if !errors.As(got, &de) || de.Code != "redirect" {
+					t.Errorf("TransportError = %v (%T), want the target down for a redirect", got, got)
 				}
 			default:
 				if !errors.As(got, &re) || re.Reason != tc.wantReason {

@@ -69,11 +69,13 @@ func CallFrom(ctx context.Context) (Call, bool) {
 }
 
 // TransportError turns an error from http.Client.Do into a RetryableError: a timeout or a
-// connection failure. A refused redirect is permanent. A cancelled parent context is returned
-// as it is, so the caller sees that it is shutting down rather than a vendor failure.
+// connection failure. A redirect means the worker is pointed at the wrong URL (http instead of
+// https, a wrong path, a login page): the target is down for the worker, not the event at fault.
+// A cancelled parent context is returned as it is, so the caller sees that it is shutting down
+// rather than a vendor failure.
 func TransportError(ctx context.Context, err error) error {
 	if errors.Is(err, ErrRedirect) {
-		return &PermanentError{VendorError{Code: "redirect", Message: ErrRedirect.Error()}}
+		return &TargetDownError{VendorError: VendorError{Code: "redirect", Message: ErrRedirect.Error()}, Err: err}
 	}
 	if errors.Is(ctx.Err(), context.Canceled) {
 		return ctx.Err()

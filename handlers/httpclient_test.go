@@ -39,9 +39,9 @@ func TestNewHTTPClientRefusesRedirects(t *testing.T) {
 		if !errors.Is(err, handlers.ErrRedirect) {
 			t.Errorf("%d: Do error = %v, want ErrRedirect", status, err)
 		}
-		var pe *handlers.PermanentError
-		if !errors.As(handlers.TransportError(req.Context(), err), &pe) {
-			t.Errorf("%d: TransportError of a redirect is not permanent", status)
+		var de *handlers.TargetDownError
+		if !errors.As(handlers.TransportError(req.Context(), err), &de) {
+			t.Errorf("%d: TransportError of a redirect does not mark the target down", status)
 		}
 	}
 	if n := elsewhere.Load(); n != 0 {
