@@ -79,46 +79,40 @@ func Decode(subject string, data []byte, msgID string, maxBytes int, newID func(
 }
 
 func decode(ev *Event, data []byte) error {
-	var probe map[string]json.RawMessage
-	if err := json.Unmarshal(data, &probe); err != nil {
-		return rejectf(CodeInvalidEvent, "payload is not a JSON object: %s", jsonProblem(err))
+	if !utf8.Valid(data) {
+		return rejectf(CodeInvalidEvent, "payload is not valid UTF-8")
 	}
-	if probe == nil {
-		return rejectf(CodeInvalidEvent, "payload is not a JSON object: expected a JSON object, got JSON null")
+	if !json.Valid(data) {
+		var v any
+		return rejectf(CodeInvalidEvent, "payload is not a JSON object: %s", jsonProblem(json.Unmarshal(data, &v)))
 	}
-	body := data
-	_, isCE := probe["specversion"]
-	if err := checkKeys(data, !isCE); err != nil {
-		salvage(ev, data, false)
-		return err
+	fields, rej := members(data)
+	if rej != nil {
+		return rej
 	}
+	body, isCE := data, has(fields, "specversion")
 	if isCE {
-		var ce cloudEvent
-		err := json.Unmarshal(data, &ce)
+		ce, rej := cloudEventFrom(fields)
 		// The envelope's id answers the rejection too, and so does the metadata in its data.
 		if validID(ce.ID) == nil {
 			ev.ID = ce.ID
 		}
-		if rej := checkCloudEvent(ev, &ce, err); rej != nil {
+		if rej == nil {
+			rej = checkCloudEvent(ev, &ce)
+		}
+		if rej == nil {
+			body = ce.Data
+			fields, rej = members(body)
+		}
+		if rej != nil {
 			salvage(ev, ce.Data, true)
 			return rej
 		}
-		body = ce.Data
-		if err := checkKeys(body, true); err != nil {
-			salvage(ev, body, true)
-			return err
-		}
 	}
-
-	var p payload
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&p); err != nil {
+	p, rej := payloadFrom(fields)
+	if rej != nil {
 		salvage(ev, body, isCE)
-		return rejectf(CodeInvalidEvent, "%s", jsonProblem(err))
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return rejectf(CodeInvalidEvent, "trailing data after the JSON object")
+		return rej
 	}
 	if err := takeMeta(ev, &p, isCE, true); err != nil {
 		// One bad field must not hide the valid ones (id, reply_to ...) the rejection needs.
@@ -128,12 +122,8 @@ func decode(ev *Event, data []byte) error {
 	return takeParams(ev, &p)
 }
 
-// checkCloudEvent validates a CloudEvents 1.0 envelope decoded into ce (err is the decoding
-// error) and takes its time.
-func checkCloudEvent(ev *Event, ce *cloudEvent, err error) *Rejection {
-	if err != nil {
-		return rejectf(CodeInvalidEvent, "CloudEvents envelope: %s", jsonProblem(err))
-	}
+// checkCloudEvent validates a CloudEvents 1.0 envelope and takes its time.
+func checkCloudEvent(ev *Event, ce *cloudEvent) *Rejection {
 	if ce.SpecVersion != "1.0" {
 		return rejectf(CodeInvalidEvent, "CloudEvents specversion %q is not supported (want 1.0)", ce.SpecVersion)
 	}
@@ -177,40 +167,6 @@ var payloadKeys = func() map[string]bool {
 	return m
 }()
 
-// checkKeys refuses what encoding/json would let through quietly: a key given twice (the last
-// would win, so two readers of one event could disagree on what it asks) and, with exact, a key
-// not spelled exactly as documented (encoding/json matches case-insensitively). It assumes
-// data is one valid JSON object.
-func checkKeys(data []byte, exact bool) error {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	if _, err := dec.Token(); err != nil {
-		return nil // not an object; the decoder reports it
-	}
-	seen := map[string]bool{}
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return nil
-		}
-		key, _ := tok.(string)
-		folded := strings.ToLower(key)
-		if seen[folded] {
-			return rejectf(CodeInvalidEvent, "field %q is given more than once", key)
-		}
-		seen[folded] = true
-		if exact && !payloadKeys[key] {
-			if payloadKeys[folded] {
-				return rejectf(CodeInvalidEvent, "unknown field %q (fields are lower case: %q)", key, folded)
-			}
-			return rejectf(CodeInvalidEvent, "unknown field %q", key)
-		}
-		var skip json.RawMessage
-		if err := dec.Decode(&skip); err != nil {
-			return nil
-		}
-	}
-	return nil
-}
 
 // takeMeta copies the fields common to every action. With strict it validates them; without,
 // it takes only what is valid (to answer a rejection). In a CloudEvents envelope the id is the

@@ -237,6 +237,7 @@ var rejectCases = []rejectCase{
 	invalid("credential_id as a bool", events.CredentialEnable, `{"credential_id": true}`, "credential_id", "positive integer"),
 	invalid("credential_id as an array", events.CredentialEnable, `{"credential_id": [94]}`, "credential_id", "positive integer"),
 	invalid("unknown field dryrun", events.SessionDrop, `{"session_id": "s", "dryrun": true}`, "unknown field", "dryrun"),
+	invalid("not UTF-8", events.SessionDrop, "{\"session_id\": \"\xff\xfe\"}", "UTF-8"),
 	invalid("key given twice", events.CredentialDisable, `{"credential_id": 5, "credential_id": 6}`, "credential_id", "more than once"),
 	invalid("key given twice in another case", events.CredentialDisable, `{"credential_id": 5, "CREDENTIAL_ID": 6}`, "more than once"),
 	invalid("key in the wrong case", events.SessionDrop, `{"Session_ID": "s"}`, "unknown field", "lower case"),
