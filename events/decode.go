@@ -167,7 +167,6 @@ var payloadKeys = func() map[string]bool {
 	return m
 }()
 
-
 // takeMeta copies the fields common to every action. With strict it validates them; without,
 // it takes only what is valid (to answer a rejection). In a CloudEvents envelope the id is the
 // event id, and an event_id in data must agree with it.
