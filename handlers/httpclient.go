@@ -11,8 +11,11 @@ import (
 
 // ClientOptions shapes the HTTP client shared by a vendor's API calls and its token requests.
 type ClientOptions struct {
-	Timeout      time.Duration // bound on one request, token requests included
-	MaxIdleConns int           // idle keep-alive connections kept per host (≈ concurrency)
+	// Timeout bounds the wait for a reply's headers, as a backstop: callers give each request
+	// a context deadline. It is not http.Client.Timeout, which costs a timer goroutine per
+	// request.
+	Timeout      time.Duration
+	MaxIdleConns int // idle keep-alive connections kept per host (≈ concurrency)
 	// Wrap, if set, wraps the transport (the worker uses it to count attempts).
 	Wrap func(http.RoundTripper) http.RoundTripper
 }
@@ -22,7 +25,7 @@ type ClientOptions struct {
 var ErrRedirect = errors.New("the server answered with a redirect; redirects are not followed")
 
 // NewHTTPClient returns a client with TLS verification on (TLS 1.2 at least), keep-alive
-// connection reuse, a per-request timeout and no redirects.
+// connection reuse, a bound on the wait for a reply and no redirects.
 func NewHTTPClient(o ClientOptions) *http.Client {
 	idle := max(o.MaxIdleConns, 4)
 	var rt http.RoundTripper = &http.Transport{
@@ -35,13 +38,13 @@ func NewHTTPClient(o ClientOptions) *http.Client {
 		IdleConnTimeout:       90 * time.Second,
 		TLSHandshakeTimeout:   5 * time.Second,
 		ExpectContinueTimeout: time.Second,
+		ResponseHeaderTimeout: o.Timeout,
 	}
 	if o.Wrap != nil {
 		rt = o.Wrap(rt)
 	}
 	return &http.Client{
 		Transport: rt,
-		Timeout:   o.Timeout,
 		CheckRedirect: func(*http.Request, []*http.Request) error {
 			return ErrRedirect
 		},

@@ -71,3 +71,14 @@ func (l *ledger) spend(ctx context.Context, eventID string) (int, error) {
 	}
 	return n, nil
 }
+
+// RecordedResult returns the result recorded for eventID in the ledger bucket, or nil if there
+// is none. pamworker send uses it to answer an event the stream dropped as a duplicate.
+func RecordedResult(ctx context.Context, js jetstream.JetStream, bucket, eventID string) ([]byte, error) {
+	kv, err := js.KeyValue(ctx, bucket)
+	if err != nil {
+		return nil, err
+	}
+	_, raw, err := newLedger(kv).result(ctx, eventID)
+	return raw, err
+}

@@ -331,6 +331,8 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+func jetstreamMsgID(id string) jetstream.PublishOpt { return jetstream.WithMsgID(id) }
+
 func jsonOf(v any) string {
 	raw, err := json.Marshal(v)
 	if err != nil {

@@ -18,7 +18,7 @@ type Topology struct {
 	Bucket        string        // key-value bucket of the ledger
 	Replicas      int           // for the streams and bucket the worker creates
 	MaxAge        time.Duration // how long events and results are kept
-	DedupWindow   time.Duration // stream duplicate window (Nats-Msg-Id)
+	DedupWindow   time.Duration // streams' duplicate window (Nats-Msg-Id); see Worker.Run
 	LedgerTTL     time.Duration // how long a finished event id is remembered
 }
 
@@ -31,8 +31,11 @@ func DefaultTopology() Topology {
 		Bucket:        "pamworker_ledger",
 		Replicas:      1,
 		MaxAge:        7 * 24 * time.Hour,
-		DedupWindow:   2 * time.Minute,
-		LedgerTTL:     24 * time.Hour,
+		// The duplicate window equals the ledger TTL: then the stream itself drops a repeated
+		// event id (sent with Nats-Msg-Id) for as long as the ledger would answer it, and first
+		// deliveries need no ledger read. The server keeps about 100 bytes per id in the window.
+		DedupWindow: 24 * time.Hour,
+		LedgerTTL:   24 * time.Hour,
 	}
 }
 
@@ -64,8 +67,15 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.Str
 	return nil
 }
 
+// inForce are the settings of what setup found or created, which may differ from Topology
+// when the streams or bucket already existed.
+type inForce struct {
+	dedupWindow time.Duration // of the events stream
+	ledgerTTL   time.Duration
+}
+
 // setup creates the streams, the ledger bucket and the durable consumer.
-func setup(ctx context.Context, js jetstream.JetStream, t Topology, c ConsumerSettings) (jetstream.Consumer, jetstream.KeyValue, error) {
+func setup(ctx context.Context, js jetstream.JetStream, t Topology, c ConsumerSettings) (jetstream.Consumer, jetstream.KeyValue, inForce, error) {
 	base := jetstream.StreamConfig{
 		Retention:  jetstream.LimitsPolicy,
 		Storage:    jetstream.FileStorage,
@@ -79,8 +89,12 @@ func setup(ctx context.Context, js jetstream.JetStream, t Topology, c ConsumerSe
 	res.Name, res.Subjects, res.Description = t.ResultsStream, resultSubjects, "pamworker result events"
 	for _, cfg := range []jetstream.StreamConfig{evs, res} {
 		if err := ensureStream(ctx, js, cfg); err != nil {
-			return nil, nil, err
+			return nil, nil, inForce{}, err
 		}
+	}
+	var in inForce
+	if s, err := js.Stream(ctx, t.EventsStream); err == nil {
+		in.dedupWindow = s.CachedInfo().Config.Duplicates
 	}
 	kv, err := js.KeyValue(ctx, t.Bucket)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
@@ -94,7 +108,10 @@ func setup(ctx context.Context, js jetstream.JetStream, t Topology, c ConsumerSe
 		})
 	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("ledger bucket %s: %w", t.Bucket, err)
+		return nil, nil, inForce{}, fmt.Errorf("ledger bucket %s: %w", t.Bucket, err)
+	}
+	if st, err := kv.Status(ctx); err == nil {
+		in.ledgerTTL = st.TTL()
 	}
 	cons, err := js.CreateOrUpdateConsumer(ctx, t.EventsStream, jetstream.ConsumerConfig{
 		Durable:     t.Consumer,
@@ -108,9 +125,9 @@ func setup(ctx context.Context, js jetstream.JetStream, t Topology, c ConsumerSe
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 	})
 	if err != nil {
-		return nil, nil, fmt.Errorf("consumer %s on %s: %w", t.Consumer, t.EventsStream, err)
+		return nil, nil, inForce{}, fmt.Errorf("consumer %s on %s: %w", t.Consumer, t.EventsStream, err)
 	}
-	return cons, kv, nil
+	return cons, kv, in, nil
 }
 
 // ConsumerSettings are the consumer's delivery settings.

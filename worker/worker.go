@@ -70,6 +70,10 @@ type Worker struct {
 
 	ledger    *ledger
 	consuming atomic.Bool
+	// firstFromStream: the events stream's duplicate window covers the ledger's TTL, so a
+	// first delivery whose Nats-Msg-Id is its event id cannot have an earlier twin (the stream
+	// would have dropped it) and needs no ledger read.
+	firstFromStream bool
 }
 
 // New returns a Worker that will consume through nc and dispatch through reg.
@@ -99,7 +103,7 @@ var errShutdown = errors.New("worker is shutting down")
 // fetching, lets in-flight events finish for up to ShutdownTimeout, naks what is left, and
 // returns nil.
 func (w *Worker) Run(ctx context.Context) error {
-	cons, kv, err := setup(ctx, w.js, w.cfg.Topology, ConsumerSettings{
+	cons, kv, in, err := setup(ctx, w.js, w.cfg.Topology, ConsumerSettings{
 		AckWait:       w.cfg.AckWait,
 		MaxAckPending: max(1024, 4*w.cfg.Concurrency),
 	})
@@ -107,6 +111,14 @@ func (w *Worker) Run(ctx context.Context) error {
 		return err
 	}
 	w.ledger = newLedger(kv)
+	w.firstFromStream = in.ledgerTTL > 0 && in.dedupWindow >= in.ledgerTTL
+	if w.firstFromStream {
+		w.log.Info("ledger read for redeliveries and for events whose Nats-Msg-Id is not their event id; the stream drops other repeats",
+			"duplicate_window", in.dedupWindow.String(), "ledger_ttl", in.ledgerTTL.String())
+	} else {
+		w.log.Info("ledger read for every event: the stream's duplicate window is shorter than the ledger TTL",
+			"duplicate_window", in.dedupWindow.String(), "ledger_ttl", in.ledgerTTL.String())
+	}
 	// The buffer is kept to one batch of the concurrency so fetched messages do not age towards
 	// AckWait while they wait for a slot.
 	iter, err := cons.Messages(jetstream.PullMaxMessages(w.cfg.Concurrency))
@@ -126,21 +138,23 @@ func (w *Worker) Run(ctx context.Context) error {
 	})
 	defer stop()
 
-	sem := make(chan struct{}, w.cfg.Concurrency)
+	// A fixed pool: goroutines keep their grown stacks, and the fetch loop blocks while every
+	// slot is busy, so at most one fetched message waits outside the iterator's buffer.
+	jobs := make(chan jetstream.Msg)
 	var wg sync.WaitGroup
+	for range w.cfg.Concurrency {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for msg := range jobs {
+				w.process(ctx, hard, msg)
+			}
+		}()
+	}
 	fetchErrs, lastFetchErr := 0, ""
 	for {
-		acquired := false
-		select {
-		case sem <- struct{}{}:
-			acquired = true
-		case <-ctx.Done():
-		}
 		msg, err := iter.Next()
 		if err != nil {
-			if acquired {
-				<-sem
-			}
 			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
 				break
 			}
@@ -158,21 +172,17 @@ func (w *Worker) Run(ctx context.Context) error {
 			continue
 		}
 		fetchErrs, lastFetchErr = 0, ""
-		if !acquired || ctx.Err() != nil {
-			// Fetched but shutting down: hand it to another replica now rather than after AckWait.
-			_ = msg.Nak()
-			if acquired {
-				<-sem
+		if ctx.Err() == nil {
+			select {
+			case jobs <- msg:
+				continue
+			case <-ctx.Done():
 			}
-			continue
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			w.process(ctx, hard, msg)
-		}()
+		// Fetched but shutting down: hand it to another replica now rather than after AckWait.
+		_ = msg.Nak()
 	}
+	close(jobs)
 
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
@@ -215,18 +225,25 @@ func (w *Worker) process(soft, hard context.Context, msg jetstream.Msg) {
 	stopKeepAlive := w.keepAlive(msg)
 	defer stopKeepAlive()
 
-	ev, decodeErr := events.Decode(msg.Subject(), msg.Data(), msg.Headers().Get(jetstream.MsgIDHeader), w.cfg.MaxEventBytes, w.newID)
+	msgID := msg.Headers().Get(jetstream.MsgIDHeader)
+	generated := ""
+	ev, decodeErr := events.Decode(msg.Subject(), msg.Data(), msgID, w.cfg.MaxEventBytes, func() string {
+		generated = w.newID()
+		return generated
+	})
 	log := w.log.With("event_id", ev.ID, "action", ev.Action)
 
-	prior, raw, err := w.ledger.result(hard, ev.ID)
-	if err != nil {
-		log.Warn("ledger unavailable; event deferred", "error", err)
-		w.postpone(msg, ev, "ledger", time.Second)
-		return
-	}
-	if prior != nil {
-		w.answerDuplicate(hard, msg, ev, raw, log)
-		return
+	if w.mayBeRepeat(msg, ev, msgID, generated) {
+		prior, raw, err := w.ledger.result(hard, ev.ID)
+		if err != nil {
+			log.Warn("ledger unavailable; event deferred", "error", err)
+			w.postpone(msg, ev, "ledger", time.Second)
+			return
+		}
+		if prior != nil {
+			w.answerDuplicate(hard, msg, ev, raw, log)
+			return
+		}
 	}
 	var rej *events.Rejection
 	if errors.As(decodeErr, &rej) {
@@ -298,6 +315,20 @@ func (w *Worker) process(soft, hard context.Context, msg jetstream.Msg) {
 		res.Error = &events.ErrorInfo{Code: cmp.Or(re.Code, string(re.Reason)), Message: re.Error(), HTTPStatus: re.HTTPStatus, Retryable: true}
 		w.finish(hard, msg, ev, res, start, log)
 	}
+}
+
+// mayBeRepeat reports whether ev's id could already have a result, which only the ledger can
+// tell: a redelivery, or an event whose id the stream's duplicate detection did not see.
+// A generated id is new by construction.
+func (w *Worker) mayBeRepeat(msg jetstream.Msg, ev events.Event, msgID, generated string) bool {
+	if ev.ID == generated {
+		return false
+	}
+	if !w.firstFromStream || msgID != ev.ID {
+		return true
+	}
+	md, err := msg.Metadata()
+	return err != nil || md.NumDelivered > 1
 }
 
 // attempt calls h, retrying retryable errors with exponential backoff and jitter until the

@@ -435,3 +435,49 @@ func TestConcurrencyBound(t *testing.T) {
 		t.Errorf("max concurrent vendor calls = %d, want ≤ 3 (and >1: the work is parallel)", m)
 	}
 }
+
+// TestRepeatWithinDuplicateWindow: a repeat sent with the same Nats-Msg-Id never reaches the
+// worker (the stream drops it), which is why first deliveries skip the ledger read.
+func TestRepeatWithinDuplicateWindow(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{})
+	id := ulid.Make().String()
+	payload := `{"event_id":"` + id + `","credential_id":34}`
+	b.publish(t, events.CredentialDisable, payload, id)
+	b.result(t, id)
+	ack, err := b.js.Publish(t.Context(), events.CredentialDisable, []byte(payload), jetstreamMsgID(id))
+	if err != nil || !ack.Duplicate {
+		t.Fatalf("second publish: %+v %v, want a duplicate ack", ack, err)
+	}
+	if n := b.segura.CallsTo("DELETE", "/pam/credential/34"); n != 1 {
+		t.Errorf("vendor called %d times", n)
+	}
+}
+
+// TestLedgerReadWhenWindowIsShort: when the stream's duplicate window is shorter than the
+// ledger TTL, a repeat arriving after the window is still answered from the ledger.
+func TestLedgerReadWhenWindowIsShort(t *testing.T) {
+	t.Parallel()
+	c := fastConfig()
+	c.Topology = worker.DefaultTopology()
+	c.Topology.DedupWindow = time.Second
+	b := setup(t, options{cfg: c})
+	id := ulid.Make().String()
+	payload := `{"event_id":"` + id + `","credential_id":35}`
+	b.publish(t, events.CredentialDisable, payload, id)
+	first := b.result(t, id)
+	time.Sleep(1500 * time.Millisecond) // past the window: the stream accepts the repeat
+	ack, err := b.js.Publish(t.Context(), events.CredentialDisable, []byte(payload), jetstreamMsgID(id))
+	if err != nil || ack.Duplicate {
+		t.Fatalf("repeat after the window: %+v %v, want it accepted", ack, err)
+	}
+	waitFor(t, 10*time.Second, "duplicate answered", func() bool {
+		return b.metric(t, "pamworker_duplicates_total", map[string]string{"action": events.CredentialDisable}) == 1
+	})
+	if n := b.segura.CallsTo("DELETE", "/pam/credential/35"); n != 1 {
+		t.Errorf("vendor called %d times for one event id", n)
+	}
+	if first.Status != events.Succeeded {
+		t.Errorf("first: %+v", first)
+	}
+}

@@ -136,7 +136,7 @@ func serve(ctx context.Context, cfg config.Config, withSandbox bool, log *slog.L
 
 func topology(cfg config.Config) worker.Topology {
 	t := worker.DefaultTopology()
-	t.LedgerTTL = cfg.DedupTTL
+	t.LedgerTTL, t.DedupWindow = cfg.DedupTTL, cfg.DedupTTL
 	return t
 }
 
@@ -144,7 +144,7 @@ func topology(cfg config.Config) worker.Topology {
 // transport counts attempts, and registers the vendors' actions.
 func buildHandlers(cfg config.Config, m *worker.Metrics) (*handlers.Registry, []string, error) {
 	hc := handlers.NewHTTPClient(handlers.ClientOptions{
-		Timeout:      cfg.HTTPTimeout,
+		Timeout:      cfg.HTTPTimeout, // a backstop: each attempt's context carries the real bound
 		MaxIdleConns: cfg.Concurrency,
 		Wrap:         m.InstrumentTransport,
 	})

@@ -226,6 +226,18 @@ func TestEndToEnd(t *testing.T) {
 		t.Error("session not dropped")
 	}
 
+	// The same event id sent again: the stream drops the publish, send shows the recorded
+	// result, and the vendor is not called again.
+	again := `{"event_id":"e2e-repeat-1","credential_id":41}`
+	first, _, code1 := send(t, r.env, events.CredentialDisable, again, "--wait", "20s")
+	second, stderr2, code2 := send(t, r.env, events.CredentialDisable, again, "--wait", "20s")
+	if code1 != 0 || code2 != 0 || first != second || !strings.Contains(stderr2, "already holds") {
+		t.Errorf("repeat: exit %d/%d, same result %v, stderr %q", code1, code2, first == second, stderr2)
+	}
+	if n := r.segura.CallsTo("DELETE", "/pam/credential/41"); n != 1 {
+		t.Errorf("repeat: vendor called %d times", n)
+	}
+
 	// Usage errors exit 2 without publishing.
 	if _, _, code := send(t, r.env, events.SessionDrop); code != 2 {
 		t.Errorf("send without payload: exit %d, want 2", code)

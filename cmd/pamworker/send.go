@@ -121,10 +121,10 @@ func runSend(ctx context.Context, args []string, getenv func(string) string, env
 	var raw []byte
 	switch {
 	case ack.Duplicate:
-		// The stream dropped this publish as a repeat of one it already holds; that one's
-		// result is in the results stream, from within the duplicate window.
-		fmt.Fprintln(stderr, "the stream already holds an event with this id; waiting for its result")
-		raw, err = watchResults(wctx, js, a.subject, id, sent.Add(-worker.DefaultTopology().DedupWindow))
+		// The stream dropped this publish as a repeat of an event it already holds. Its result
+		// is in the ledger if it is finished, else it is still to come on the results stream.
+		fmt.Fprintln(stderr, "the stream already holds an event with this id; showing its result")
+		raw, err = duplicateResult(wctx, js, a.subject, id, sent)
 	case inbox != nil:
 		var m *nats.Msg
 		if m, err = inbox.NextMsgWithContext(wctx); err == nil {
@@ -200,6 +200,28 @@ func cmpID(id string) string {
 		return newEventID()
 	}
 	return id
+}
+
+// duplicateResult finds the result of an event published earlier: from the ledger, or, if
+// it is not finished yet, from the results stream as it arrives. The watch starts first so a
+// result recorded between the two looks is not missed.
+func duplicateResult(ctx context.Context, js jetstream.JetStream, subject, id string, since time.Time) ([]byte, error) {
+	type found struct {
+		raw []byte
+		err error
+	}
+	watched := make(chan found, 1)
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		raw, err := watchResults(wctx, js, subject, id, since)
+		watched <- found{raw, err}
+	}()
+	if raw, err := worker.RecordedResult(ctx, js, worker.DefaultTopology().Bucket, id); err == nil && raw != nil {
+		return raw, nil
+	}
+	f := <-watched
+	return f.raw, f.err
 }
 
 // watchResults reads results of subject from start on and returns the one of eventID.
