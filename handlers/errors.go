@@ -20,6 +20,7 @@ const (
 	ReasonServer     Reason = "server"      // HTTP 500, 502, 503, 504
 	ReasonTransient  Reason = "transient"   // the vendor said so (Element xDBVersionMismatch ...)
 	ReasonToken      Reason = "token_fetch" // the token endpoint failed transiently
+	ReasonInternal   Reason = "internal"    // the handler panicked (a bug); logged with its stack
 )
 
 // VendorError is what the vendor said: its code, its message, and the HTTP status.

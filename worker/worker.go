@@ -67,6 +67,7 @@ type Worker struct {
 	log     *slog.Logger
 	targets *targetState
 	newID   func() string
+	recover handlers.Middleware
 
 	ledger    *ledger
 	consuming atomic.Bool
@@ -92,6 +93,7 @@ func New(nc *nats.Conn, reg *handlers.Registry, m *Metrics, log *slog.Logger, ne
 		log:     log,
 		targets: newTargetState(m.targetUp, cfg.Targets),
 		newID:   newID,
+		recover: recoverHandler(log),
 	}, nil
 }
 
@@ -147,7 +149,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		go func() {
 			defer wg.Done()
 			for msg := range jobs {
-				w.process(ctx, hard, msg)
+				w.processSafely(ctx, hard, msg)
 			}
 		}()
 	}
@@ -256,6 +258,7 @@ func (w *Worker) process(soft, hard context.Context, msg jetstream.Msg) {
 		w.finish(hard, msg, ev, rejected(ev, &events.Rejection{Code: events.CodeUnknownAction, Message: "no handler is registered for " + ev.Action}), start, log)
 		return
 	}
+	h = w.recover(h)
 	tgt := handlers.TargetLabel(ev.Action, ev.Target)
 	admitted, probe := w.targets.admit(tgt)
 	if !admitted {
@@ -294,7 +297,7 @@ func (w *Worker) process(soft, hard context.Context, msg jetstream.Msg) {
 	case kind == "down":
 		w.postpone(msg, ev, "target_down", w.cfg.TargetDownDelay)
 	case kind == "permanent":
-		res.Status, res.Message = events.Failed, pe.Message
+		res.Status, res.Message = events.Failed, cmp.Or(pe.Message, pe.Error())
 		res.Error = &events.ErrorInfo{Code: pe.Code, Message: pe.Message, HTTPStatus: pe.HTTPStatus}
 		w.finish(hard, msg, ev, res, start, log)
 	default: // retryable, and this delivery's budget is spent
