@@ -38,6 +38,8 @@ type Config struct {
 	AckWait         time.Duration
 	DedupTTL        time.Duration
 	ShutdownTimeout time.Duration
+	MaxEventAge     time.Duration // 0: no limit
+	TargetRate      float64       // API attempts per second per target
 	LogLevel        slog.Level
 
 	Segura  map[string]Segura  // by target name; "default" from the environment
@@ -73,6 +75,8 @@ const (
 	DefaultAckWait         = 30 * time.Second
 	DefaultDedupTTL        = 24 * time.Hour
 	DefaultShutdownTimeout = 20 * time.Second
+	DefaultMaxEventAge     = time.Hour
+	DefaultTargetRate      = 50
 )
 
 // env lists every variable the worker reads. Secrets also have a _FILE form.
@@ -82,7 +86,7 @@ var env = map[string]bool{ // name → has a _FILE form
 	"PAMWORKER_HTTP_TIMEOUT": false, "PAMWORKER_MAX_EVENT_BYTES": false,
 	"PAMWORKER_MAX_DELIVERIES": false, "PAMWORKER_RETRY_MAX_ELAPSED": false,
 	"PAMWORKER_ACK_WAIT": false, "PAMWORKER_DEDUP_TTL": false, "PAMWORKER_SHUTDOWN_TIMEOUT": false,
-	"PAMWORKER_LOG_LEVEL":  false,
+	"PAMWORKER_LOG_LEVEL": false, "PAMWORKER_MAX_EVENT_AGE": false, "PAMWORKER_TARGET_RATE": false,
 	"PAMWORKER_SEGURA_URL": false, "PAMWORKER_SEGURA_CLIENT_ID": true,
 	"PAMWORKER_SEGURA_CLIENT_SECRET": true, "PAMWORKER_SEGURA_TOKEN_URL": false,
 	"PAMWORKER_SEGURA_API_PREFIX": false, "PAMWORKER_ELEMENT_URL": false,
@@ -122,6 +126,8 @@ type file struct {
 	AckWait         string                 `yaml:"ack_wait"`
 	DedupTTL        string                 `yaml:"dedup_ttl"`
 	ShutdownTimeout string                 `yaml:"shutdown_timeout"`
+	MaxEventAge     string                 `yaml:"max_event_age"`
+	TargetRate      string                 `yaml:"target_rate"`
 	LogLevel        string                 `yaml:"log_level"`
 	Segura          map[string]seguraFile  `yaml:"segura"`
 	Element         map[string]elementFile `yaml:"element"`
@@ -190,6 +196,8 @@ func Load(getenv func(string) string, environ []string) (Config, error) {
 		AckWait:         l.duration("PAMWORKER_ACK_WAIT", f.AckWait, DefaultAckWait, 3*time.Second, time.Hour),
 		DedupTTL:        l.duration("PAMWORKER_DEDUP_TTL", f.DedupTTL, DefaultDedupTTL, time.Minute, 90*24*time.Hour),
 		ShutdownTimeout: l.duration("PAMWORKER_SHUTDOWN_TIMEOUT", f.ShutdownTimeout, DefaultShutdownTimeout, time.Second, 10*time.Minute),
+		MaxEventAge:     l.duration("PAMWORKER_MAX_EVENT_AGE", f.MaxEventAge, DefaultMaxEventAge, 0, 30*24*time.Hour),
+		TargetRate:      float64(l.integer("PAMWORKER_TARGET_RATE", f.TargetRate, DefaultTargetRate, 1, 10000)),
 		LogLevel:        l.level("PAMWORKER_LOG_LEVEL", f.LogLevel),
 		Segura:          map[string]Segura{},
 		Element:         map[string]Element{},

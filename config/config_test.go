@@ -535,3 +535,20 @@ element:
 		t.Errorf("Insecure() = %v, want %v", got, want)
 	}
 }
+
+func TestEventAgeAndTargetRate(t *testing.T) {
+	t.Parallel()
+	c := mustLoad(t, nil)
+	if c.MaxEventAge != config.DefaultMaxEventAge || c.TargetRate != config.DefaultTargetRate {
+		t.Errorf("defaults: age %v rate %v", c.MaxEventAge, c.TargetRate)
+	}
+	c = mustLoad(t, map[string]string{"PAMWORKER_MAX_EVENT_AGE": "0", "PAMWORKER_TARGET_RATE": "5"})
+	if c.MaxEventAge != 0 || c.TargetRate != 5 {
+		t.Errorf("set: age %v rate %v", c.MaxEventAge, c.TargetRate)
+	}
+	for name, value := range map[string]string{"PAMWORKER_MAX_EVENT_AGE": "an hour", "PAMWORKER_TARGET_RATE": "0"} {
+		if _, err := load(map[string]string{name: value}); err == nil || !strings.Contains(err.Error(), name) {
+			t.Errorf("%s=%s: error %v, want one naming it", name, value, err)
+		}
+	}
+}

@@ -88,6 +88,7 @@ const (
 	CodeUnknownAction       = "unknown_action"
 	CodeUnknownTarget       = "unknown_target"
 	CodeTargetNotConfigured = "target_not_configured"
+	CodeStaleEvent          = "stale_event"
 )
 
 func rejectf(code, format string, args ...any) *Rejection {

@@ -347,6 +347,13 @@ func (e *Element) FailNext(n int, f ElementFault) {
 	e.mu.Unlock()
 }
 
+// ClearFaults drops every queued fault: the simulated outage ends.
+func (e *Element) ClearFaults() {
+	e.mu.Lock()
+	e.faults.runs = nil
+	e.mu.Unlock()
+}
+
 // SetLatency delays every request by d, honouring the request's context.
 func (e *Element) SetLatency(d time.Duration) {
 	e.mu.Lock()

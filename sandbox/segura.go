@@ -589,6 +589,13 @@ func (s *Segura) FailNext(n int, f Fault) {
 	s.mu.Unlock()
 }
 
+// ClearFaults drops every queued fault: the simulated outage ends.
+func (s *Segura) ClearFaults() {
+	s.mu.Lock()
+	s.faults.runs = nil
+	s.mu.Unlock()
+}
+
 // SetLatency delays every API call by d, honouring the request's context.
 func (s *Segura) SetLatency(d time.Duration) {
 	s.mu.Lock()

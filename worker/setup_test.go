@@ -64,6 +64,8 @@ func fastConfig() worker.Config {
 		TargetDownDelay:  150 * time.Millisecond,
 		AckWait:          3 * time.Second,
 		ShutdownTimeout:  5 * time.Second,
+		BreakerCooldown:  200 * time.Millisecond,
+		BreakerMaxCool:   time.Second,
 	}
 }
 

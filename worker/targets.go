@@ -1,34 +1,67 @@
 package worker
 
 import (
+	"context"
+	"fmt"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
 )
 
-// targetState tracks which targets refuse the worker. While a target is down, one event at a
-// time is let through as a probe; the others wait in the stream. The first probe the target
-// accepts brings it back up, so work resumes by itself once an operator fixes the cause.
+// targetState protects each configured target and reports on it. Per target it keeps:
+//
+//   - a rate limit on API attempts (PAMWORKER_TARGET_RATE), a hard ceiling whatever happens;
+//   - a circuit breaker: after breakerThreshold consecutive failed attempts the target is
+//     "open" — no event calls it, they wait in the stream — until a cool-down has passed, then
+//     one event at a time probes it; each failed probe doubles the cool-down up to breakerMax;
+//   - the lock-out state: a target that refuses the worker (bad credentials, revoked
+//     authorization) is down until a probe is accepted; probes may go at once, one at a time.
+//
+// Either down state sets pamworker_target_up to 0 and is listed by /readyz. The first call the
+// target answers as a working API brings it back.
 type targetState struct {
 	gauge *prometheus.GaugeVec
 	now   func() time.Time
+	cfg   guardConfig
 
 	mu sync.Mutex
 	m  map[string]*target
 }
 
-type target struct {
-	down    bool
-	probing bool
-	reason  string
-	since   time.Time
+type guardConfig struct {
+	rate       float64       // attempts per second per target
+	threshold  int           // consecutive failed attempts that open the breaker
+	cooldown   time.Duration // first open period
+	maxCool    time.Duration // longest open period
+	downRetry  time.Duration // how soon a locked-out target's waiting events come back
+	breakerOff bool
 }
 
-func newTargetState(gauge *prometheus.GaugeVec, names []string) *targetState {
-	ts := &targetState{gauge: gauge, now: time.Now, m: map[string]*target{}}
+type downKind int
+
+const (
+	up      downKind = iota
+	refused          // the target refuses the worker
+	open             // the breaker is open after repeated failures
+)
+
+type target struct {
+	limiter  *rate.Limiter
+	state    downKind
+	probing  bool
+	reason   string
+	since    time.Time
+	fails    int           // consecutive failed attempts
+	cooldown time.Duration // current open period
+	until    time.Time     // open: no probe before this
+}
+
+func newTargetState(gauge *prometheus.GaugeVec, names []string, cfg guardConfig) *targetState {
+	ts := &targetState{gauge: gauge, now: time.Now, cfg: cfg, m: map[string]*target{}}
 	for _, n := range names {
-		ts.m[n] = &target{}
+		ts.m[n] = &target{limiter: rate.NewLimiter(rate.Limit(cfg.rate), max(1, int(cfg.rate)))}
 		gauge.WithLabelValues(n).Set(1)
 	}
 	return ts
@@ -39,24 +72,83 @@ func newTargetState(gauge *prometheus.GaugeVec, names []string) *targetState {
 // the map or the gauge's label set.
 func (ts *targetState) get(name string) *target { return ts.m[name] }
 
-// admit reports whether an event for name may call the target now, and whether it is the probe.
-func (ts *targetState) admit(name string) (ok, probe bool) {
+// admit reports whether an event for name may call the target now and whether it is the
+// probe; when it may not, wait is how long it should wait in the stream.
+func (ts *targetState) admit(name string) (ok, probe bool, wait time.Duration) {
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
 	t := ts.get(name)
 	switch {
-	case t == nil || !t.down:
-		return true, false
+	case t == nil || t.state == up:
+		return true, false, 0
 	case t.probing:
-		return false, false
+		return false, false, ts.waitFor(t)
+	case t.state == open && ts.now().Before(t.until):
+		return false, false, ts.waitFor(t)
 	}
 	t.probing = true
-	return true, true
+	return true, true, 0
 }
 
-// done records what a call that was admitted (as a probe or not) learnt about the target:
-// accepted (it answered as a working API), refused (down, with reason), or neither.
-func (ts *targetState) done(name string, probe bool, accepted bool, refused string) (changed bool) {
+// waitFor is how long a turned-away event should wait: until the next probe may go, with a
+// floor so a crowd of waiting events does not spin through the stream.
+func (ts *targetState) waitFor(t *target) time.Duration {
+	if t.state == open {
+		return max(t.until.Sub(ts.now()), time.Second)
+	}
+	return ts.cfg.downRetry
+}
+
+// wait blocks until the target's rate limit allows one more attempt.
+func (ts *targetState) wait(ctx context.Context, name string) error {
+	ts.mu.Lock()
+	t := ts.get(name)
+	ts.mu.Unlock()
+	if t == nil {
+		return nil
+	}
+	return t.limiter.Wait(ctx)
+}
+
+// attempted records one attempt's outcome for the breaker: failed (retryable) or not. It
+// reports whether the breaker just opened.
+func (ts *targetState) attempted(name string, failed bool) (opened bool) {
+	if ts.cfg.breakerOff {
+		return false
+	}
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	t := ts.get(name)
+	if t == nil {
+		return false
+	}
+	if !failed {
+		t.fails = 0
+		return false
+	}
+	t.fails++
+	if t.state != up || t.fails < ts.cfg.threshold {
+		return false
+	}
+	t.state, t.since, t.cooldown = open, ts.now(), ts.cfg.cooldown
+	t.until = t.since.Add(t.cooldown)
+	t.reason = fmt.Sprintf("circuit open after %d consecutive failed attempts", t.fails)
+	ts.gauge.WithLabelValues(name).Set(0)
+	return true
+}
+
+// isOpen reports whether events other than the probe should stop calling name.
+func (ts *targetState) isOpen(name string) bool {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	t := ts.get(name)
+	return t != nil && t.state != up
+}
+
+// done records what an admitted event learnt about the target: accepted (it answered as a
+// working API), refusedBy (it refuses the worker), failed (the last attempt failed and may
+// pass later), or none of these. It reports whether the target went down or came back up.
+func (ts *targetState) done(name string, probe, accepted bool, refusedBy string, failed bool) (changed bool) {
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
 	t := ts.get(name)
@@ -67,18 +159,24 @@ func (ts *targetState) done(name string, probe bool, accepted bool, refused stri
 		t.probing = false
 	}
 	switch {
-	case refused != "" && !t.down:
-		t.down, t.reason, t.since = true, refused, ts.now()
+	case refusedBy != "":
+		changed = t.state != refused
+		if t.state == up {
+			t.since = ts.now()
+		}
+		t.state, t.reason = refused, refusedBy
 		ts.gauge.WithLabelValues(name).Set(0)
-		return true
-	case refused != "":
-		t.reason = refused
-	case accepted && t.down:
-		t.down, t.reason = false, ""
-		ts.gauge.WithLabelValues(name).Set(1)
-		return true
+	case accepted:
+		t.fails = 0
+		if t.state != up {
+			t.state, t.reason, changed = up, "", true
+			ts.gauge.WithLabelValues(name).Set(1)
+		}
+	case failed && probe && t.state == open:
+		t.cooldown = min(2*t.cooldown, ts.cfg.maxCool)
+		t.until = ts.now().Add(t.cooldown)
 	}
-	return false
+	return changed
 }
 
 // downList describes the targets that are down, for /readyz.
@@ -87,8 +185,12 @@ func (ts *targetState) downList() map[string]string {
 	defer ts.mu.Unlock()
 	out := map[string]string{}
 	for name, t := range ts.m {
-		if t.down {
-			out[name] = t.reason + " (since " + t.since.UTC().Format(time.RFC3339) + ")"
+		switch t.state {
+		case refused:
+			out[name] = "refuses the worker: " + t.reason + " (since " + t.since.UTC().Format(time.RFC3339) + ")"
+		case open:
+			out[name] = t.reason + " (since " + t.since.UTC().Format(time.RFC3339) + "); next probe after " +
+				t.until.UTC().Format(time.RFC3339)
 		}
 	}
 	return out

@@ -35,6 +35,11 @@ type Config struct {
 	TargetDownDelay  time.Duration // nak delay while a target refuses the worker (default 15s)
 	AckWait          time.Duration // consumer ack wait; InProgress is sent every third (default 30s)
 	ShutdownTimeout  time.Duration // grace for in-flight events on shutdown (default 20s)
+	MaxEventAge      time.Duration // older events are rejected stale_event (default 1h; <0: never)
+	TargetRate       float64       // API attempts per second per target (default 50)
+	BreakerThreshold int           // consecutive failed attempts that open a target's breaker (default 5; <0: no breaker)
+	BreakerCooldown  time.Duration // first open period; doubles per failed probe (default 5s)
+	BreakerMaxCool   time.Duration // longest open period (default 2m)
 	Topology         Topology
 	Targets          []string // configured target labels ("segura/default" ...), for target_up
 }
@@ -51,6 +56,11 @@ func (c Config) withDefaults() Config {
 	c.TargetDownDelay = cmp.Or(c.TargetDownDelay, 15*time.Second)
 	c.AckWait = cmp.Or(c.AckWait, 30*time.Second)
 	c.ShutdownTimeout = cmp.Or(c.ShutdownTimeout, 20*time.Second)
+	c.MaxEventAge = cmp.Or(c.MaxEventAge, time.Hour)
+	c.TargetRate = cmp.Or(c.TargetRate, 50)
+	c.BreakerThreshold = cmp.Or(c.BreakerThreshold, 5)
+	c.BreakerCooldown = cmp.Or(c.BreakerCooldown, 5*time.Second)
+	c.BreakerMaxCool = cmp.Or(c.BreakerMaxCool, 2*time.Minute)
 	if c.Topology == (Topology{}) {
 		c.Topology = DefaultTopology()
 	}
@@ -85,13 +95,20 @@ func New(nc *nats.Conn, reg *handlers.Registry, m *Metrics, log *slog.Logger, ne
 	}
 	cfg = cfg.withDefaults()
 	return &Worker{
-		cfg:     cfg,
-		nc:      nc,
-		js:      js,
-		reg:     reg,
-		m:       m,
-		log:     log,
-		targets: newTargetState(m.targetUp, cfg.Targets),
+		cfg: cfg,
+		nc:  nc,
+		js:  js,
+		reg: reg,
+		m:   m,
+		log: log,
+		targets: newTargetState(m.targetUp, cfg.Targets, guardConfig{
+			rate:       cfg.TargetRate,
+			threshold:  max(cfg.BreakerThreshold, 1),
+			cooldown:   cfg.BreakerCooldown,
+			maxCool:    cfg.BreakerMaxCool,
+			downRetry:  cfg.TargetDownDelay,
+			breakerOff: cfg.BreakerThreshold < 0,
+		}),
 		newID:   newID,
 		recover: recoverHandler(log),
 	}, nil
@@ -100,6 +117,10 @@ func New(nc *nats.Conn, reg *handlers.Registry, m *Metrics, log *slog.Logger, ne
 // errShutdown ends a retry wait when the worker is asked to stop: the event goes back to the
 // stream at once for another replica, instead of sleeping through the shutdown grace.
 var errShutdown = errors.New("worker is shutting down")
+
+// errCircuitOpen ends the retries of an event that is not the probe once its target's breaker
+// opens: it waits in the stream instead, without spending its retry budget.
+var errCircuitOpen = errors.New("the target's circuit is open")
 
 // Run creates what the worker needs in JetStream and consumes until ctx is done. It then stops
 // fetching, lets in-flight events finish for up to ShutdownTimeout, naks what is left, and
@@ -213,8 +234,8 @@ func (w *Worker) Ready() (bool, []string) {
 		why = append(why, "not consuming")
 	}
 	ready := len(why) == 0
-	for t, reason := range w.targets.downList() {
-		why = append(why, "target "+t+" refuses the worker: "+reason)
+	for t, desc := range w.targets.downList() {
+		why = append(why, "target "+t+" "+desc)
 	}
 	return ready, why
 }
@@ -252,6 +273,10 @@ func (w *Worker) process(soft, hard context.Context, msg jetstream.Msg) {
 		w.finish(hard, msg, ev, rejected(ev, rej), start, log)
 		return
 	}
+	if rej := w.stale(msg, ev); rej != nil {
+		w.finish(hard, msg, ev, rejected(ev, rej), start, log)
+		return
+	}
 
 	h, ok := w.reg.Lookup(ev.Action)
 	if !ok {
@@ -260,12 +285,12 @@ func (w *Worker) process(soft, hard context.Context, msg jetstream.Msg) {
 	}
 	h = w.recover(h)
 	tgt := handlers.TargetLabel(ev.Action, ev.Target)
-	admitted, probe := w.targets.admit(tgt)
+	admitted, probe, wait := w.targets.admit(tgt)
 	if !admitted {
-		w.postpone(msg, ev, "target_down", w.cfg.TargetDownDelay)
+		w.postpone(msg, ev, "target_down", wait)
 		return
 	}
-	out, attempts, err := w.attempt(soft, hard, h, ev, tgt, log)
+	out, attempts, err := w.attempt(soft, hard, h, ev, tgt, probe, log)
 
 	kind, re, pe, de := handlers.Classify(err)
 	accepted := (err == nil && out.HTTPStatus != 0) || (pe != nil && pe.HTTPStatus != 0)
@@ -273,7 +298,7 @@ func (w *Worker) process(soft, hard context.Context, msg jetstream.Msg) {
 	if de != nil {
 		refused = de.Error()
 	}
-	if w.targets.done(tgt, probe, accepted, refused) {
+	if w.targets.done(tgt, probe, accepted, refused, kind == "retry") {
 		if refused != "" {
 			log.Error("target refuses the worker; its events wait until it accepts the worker again", "target", tgt, "error", refused)
 		} else {
@@ -294,6 +319,9 @@ func (w *Worker) process(soft, hard context.Context, msg jetstream.Msg) {
 		w.finish(hard, msg, ev, res, start, log)
 	case errors.Is(err, errShutdown) || hard.Err() != nil:
 		w.postpone(msg, ev, "shutdown", 0)
+	case errors.Is(err, errCircuitOpen):
+		_, _, wait := w.targets.admit(tgt)
+		w.postpone(msg, ev, "circuit_open", max(wait, time.Second))
 	case kind == "down":
 		w.postpone(msg, ev, "target_down", w.cfg.TargetDownDelay)
 	case kind == "permanent":
@@ -320,6 +348,29 @@ func (w *Worker) process(soft, hard context.Context, msg jetstream.Msg) {
 	}
 }
 
+// stale rejects an event older than MaxEventAge, so a backlog replayed after an outage cannot
+// undo what people did meanwhile (re-disable an account someone re-enabled). Age counts from
+// the earlier of the event's own time and the moment the stream took it, so a clock-skewed or
+// future-dated time cannot make an old event look new.
+func (w *Worker) stale(msg jetstream.Msg, ev events.Event) *events.Rejection {
+	if w.cfg.MaxEventAge < 0 {
+		return nil
+	}
+	born := ev.Time
+	if md, err := msg.Metadata(); err == nil && (born.IsZero() || md.Timestamp.Before(born)) {
+		born = md.Timestamp
+	}
+	if born.IsZero() {
+		return nil
+	}
+	if age := time.Since(born); age > w.cfg.MaxEventAge {
+		return &events.Rejection{Code: events.CodeStaleEvent, Message: fmt.Sprintf(
+			"event is %s old, older than the %s limit (PAMWORKER_MAX_EVENT_AGE); it was not executed",
+			age.Round(time.Second), w.cfg.MaxEventAge)}
+	}
+	return nil
+}
+
 // mayBeRepeat reports whether ev's id could already have a result, which only the ledger can
 // tell: a redelivery, or an event whose id the stream's duplicate detection did not see.
 // A generated id is new by construction.
@@ -337,7 +388,7 @@ func (w *Worker) mayBeRepeat(msg jetstream.Msg, ev events.Event, msgID, generate
 // attempt calls h, retrying retryable errors with exponential backoff and jitter until the
 // in-process budget is spent. It returns the last outcome, the number of attempts and the
 // last error.
-func (w *Worker) attempt(soft, hard context.Context, h handlers.Handler, ev events.Event, tgt string, log *slog.Logger) (handlers.Outcome, int, error) {
+func (w *Worker) attempt(soft, hard context.Context, h handlers.Handler, ev events.Event, tgt string, probe bool, log *slog.Logger) (handlers.Outcome, int, error) {
 	b := backoff.NewExponentialBackOff()
 	b.InitialInterval = w.cfg.RetryInitial
 	b.MaxInterval = w.cfg.RetryMaxInterval
@@ -347,16 +398,28 @@ func (w *Worker) attempt(soft, hard context.Context, h handlers.Handler, ev even
 	callCtx := handlers.WithCall(hard, handlers.Call{Target: tgt, Action: ev.Action})
 	lastErr := ""
 	for n := 1; ; n++ {
+		if err := w.targets.wait(soft, tgt); err != nil {
+			return handlers.Outcome{}, n - 1, errShutdown
+		}
 		actx, cancel := context.WithTimeout(callCtx, w.cfg.AttemptTimeout)
 		out, err := h.Handle(actx, ev)
 		cancel()
 		var rej *events.Rejection
 		if err == nil || errors.As(err, &rej) || hard.Err() != nil {
+			if err == nil {
+				w.targets.attempted(tgt, false)
+			}
 			return out, n, err
 		}
 		kind, re, _, _ := handlers.Classify(err)
+		if w.targets.attempted(tgt, kind == "retry") {
+			log.Error("target keeps failing; its circuit is open and its events wait in the stream", "target", tgt, "error", err.Error())
+		}
 		if kind != "retry" {
 			return out, n, err
+		}
+		if !probe && w.targets.isOpen(tgt) {
+			return out, n, fmt.Errorf("%w: %w", errCircuitOpen, err)
 		}
 		wait := max(b.NextBackOff(), re.After)
 		if time.Since(start)+wait > w.cfg.RetryMaxElapsed {

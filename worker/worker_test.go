@@ -197,7 +197,9 @@ func TestRetryAfterHonoured(t *testing.T) {
 // only after MaxDeliveries spent budgets does the event fail — once.
 func TestRetriesExhausted(t *testing.T) {
 	t.Parallel()
-	b := setup(t, options{})
+	c := fastConfig()
+	c.BreakerThreshold = -1 // a lone event: the breaker is tested on its own below
+	b := setup(t, options{cfg: c})
 	b.segura.FailNext(1000, sandbox.Fault{Status: 502})
 	id := b.send(t, events.CredentialDisable, `{"credential_id":13}`)
 	r := b.result(t, id)
@@ -359,7 +361,7 @@ func TestReplyToAndCloudEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	ce := `{"specversion":"1.0","id":"ce-123","source":"soar://playbook/7","type":"pam.credential.disable",` +
-		`"time":"2026-11-22T10:00:00Z","data":{"credential_id":31,"correlation_id":"INC-4711","requested_by":"soar","reply_to":"` + inbox + `"}}`
+		`"time":"` + time.Now().UTC().Format(time.RFC3339) + `","data":{"credential_id":31,"correlation_id":"INC-4711","requested_by":"soar","reply_to":"` + inbox + `"}}`
 	b.publish(t, events.CredentialDisable, ce, "")
 	msg, err := sub.NextMsg(10 * time.Second)
 	if err != nil {
@@ -479,5 +481,95 @@ func TestLedgerReadWhenWindowIsShort(t *testing.T) {
 	}
 	if first.Status != events.Succeeded {
 		t.Errorf("first: %+v", first)
+	}
+}
+
+// TestStaleEvents: an event older than MaxEventAge — by its own time or, failing that, by when
+// the stream took it — is rejected stale_event and never reaches the vendor.
+func TestStaleEvents(t *testing.T) {
+	t.Parallel()
+	c := fastConfig()
+	c.MaxEventAge = time.Minute
+	b := setup(t, options{cfg: c})
+	old := time.Now().Add(-2 * time.Minute).UTC().Format(time.RFC3339)
+	fresh := time.Now().UTC().Format(time.RFC3339)
+	future := time.Now().Add(24 * time.Hour).UTC().Format(time.RFC3339)
+
+	r := b.result(t, b.send(t, events.CredentialDisable, `{"credential_id":36,"time":"`+old+`"}`))
+	if r.Status != events.Rejected || r.Error.Code != events.CodeStaleEvent {
+		t.Errorf("old event: %+v", r)
+	}
+	ce := `{"specversion":"1.0","id":"ce-stale","source":"s","type":"t","time":"` + old + `","data":{"credential_id":36}}`
+	b.publish(t, events.CredentialDisable, ce, "")
+	if r := b.result(t, "ce-stale"); r.Status != events.Rejected || r.Error.Code != events.CodeStaleEvent {
+		t.Errorf("old CloudEvent: %+v", r)
+	}
+	if n := b.segura.Calls(); n != 0 {
+		t.Errorf("stale events called the vendor %d times", n)
+	}
+	if active, _, _ := b.segura.Credential(36); !active {
+		t.Error("a stale disable was applied")
+	}
+	// A future-dated time does not make an event younger than the stream says it is, and a
+	// fresh event runs.
+	if r := b.result(t, b.send(t, events.CredentialDisable, `{"credential_id":37,"time":"`+future+`"}`)); r.Status != events.Succeeded {
+		t.Errorf("future-dated but just published: %+v", r)
+	}
+	if r := b.result(t, b.send(t, events.CredentialDisable, `{"credential_id":38,"time":"`+fresh+`"}`)); r.Status != events.Succeeded {
+		t.Errorf("fresh: %+v", r)
+	}
+}
+
+// TestCircuitBreakerBoundsRequests: a flood against an API that answers 503 opens the breaker;
+// from then on one probe at a time calls it, the events wait (none fails), and the request
+// count stays within the rate limit. When the API recovers, every event completes.
+func TestCircuitBreakerBoundsRequests(t *testing.T) {
+	t.Parallel()
+	c := fastConfig()
+	c.TargetRate = 60
+	c.BreakerThreshold = 5
+	c.BreakerCooldown = 300 * time.Millisecond
+	c.BreakerMaxCool = time.Second
+	c.MaxDeliveries = 1000 // failure is not what this test is about
+	b := setup(t, options{cfg: c})
+	b.segura.FailNext(1_000_000, sandbox.Fault{Status: 503})
+
+	const n = 240
+	ids := make([]string, n)
+	start := time.Now()
+	for i := range ids {
+		ids[i] = b.send(t, events.CredentialDisable, fmt.Sprintf(`{"credential_id":%d}`, 1+i%100))
+	}
+	waitFor(t, 10*time.Second, "circuit open", func() bool {
+		return b.metric(t, "pamworker_target_up", map[string]string{"target": "segura/default"}) == 0
+	})
+	ready, why := b.w.Ready()
+	if !ready || !strings.Contains(strings.Join(why, "\n"), "circuit open") {
+		t.Errorf("Ready() = %v %q, want ready with the open circuit named", ready, why)
+	}
+	time.Sleep(3 * time.Second)
+	calls, elapsed := b.segura.Calls(), time.Since(start)
+	// An upper bound, which slowness can only make easier: the limiter's burst plus its rate.
+	if limit := int64(c.TargetRate) + int64(c.TargetRate*elapsed.Seconds()); calls > limit {
+		t.Errorf("%d API calls in %v, above the rate limit's %d", calls, elapsed.Round(time.Millisecond), limit)
+	}
+	if calls > 60 {
+		t.Errorf("%d API calls for %d events against a failing API: the breaker did not stop the flood", calls, n)
+	}
+	t.Logf("%d events, %d API calls in %v while the API answered 503", n, calls, elapsed.Round(time.Millisecond))
+	for _, id := range ids {
+		if b.resultCount(id) != 0 {
+			t.Fatalf("event %s got a result while its target was failing", id)
+		}
+	}
+
+	b.segura.ClearFaults()
+	for _, id := range ids {
+		if r := b.result(t, id); r.Status != events.Succeeded {
+			t.Errorf("after recovery: %+v", r)
+		}
+	}
+	if b.metric(t, "pamworker_target_up", map[string]string{"target": "segura/default"}) != 1 {
+		t.Error("target_up not back to 1")
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -105,6 +106,8 @@ func serve(ctx context.Context, cfg config.Config, withSandbox bool, log *slog.L
 		RetryMaxElapsed: cfg.RetryMaxElapsed,
 		AckWait:         cfg.AckWait,
 		ShutdownTimeout: cfg.ShutdownTimeout,
+		MaxEventAge:     cmp.Or(cfg.MaxEventAge, -1), // 0 in the settings: no limit
+		TargetRate:      cfg.TargetRate,
 		Topology:        topology(cfg),
 		Targets:         targets,
 	})
