@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/oklog/ulid/v2"
@@ -32,6 +33,8 @@ import (
 // bundle is what setup starts: a real nats-server with JetStream, the vendor simulators behind
 // httptest servers, and a running worker.
 type bundle struct {
+	ns      *server.Server
+	store   string // the server's JetStream directory
 	nc      *nats.Conn
 	js      jetstream.JetStream
 	w       *worker.Worker
@@ -71,11 +74,11 @@ func fastConfig() worker.Config {
 
 func setup(t *testing.T, o options) *bundle {
 	t.Helper()
-	ns, err := broker.Start(broker.Embedded{Listen: "127.0.0.1:-1", DataDir: t.TempDir()})
+	store := t.TempDir()
+	ns, err := broker.Start(broker.Embedded{Listen: "127.0.0.1:-1", DataDir: store})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
 	log := slog.New(slog.NewJSONHandler(io.Discard, nil))
 	if testing.Verbose() {
 		log = slog.New(slog.NewJSONHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -86,7 +89,8 @@ func setup(t *testing.T, o options) *bundle {
 	}
 	t.Cleanup(nc.Close)
 
-	b := &bundle{nc: nc, results: map[string][]events.Result{}, arrived: make(chan struct{}, 1)}
+	b := &bundle{ns: ns, store: store, nc: nc, results: map[string][]events.Result{}, arrived: make(chan struct{}, 1)}
+	t.Cleanup(func() { b.ns.Shutdown(); b.ns.WaitForShutdown() })
 	b.js, _ = jetstream.New(nc)
 	b.segura = sandbox.NewSegura(sandbox.SeguraOptions{ClientID: "pamworker", ClientSecret: "s3cret-canary"})
 	b.element = sandbox.NewElement(sandbox.ElementOptions{Username: "admin", Password: "pw-canary"})
@@ -165,6 +169,21 @@ func setup(t *testing.T, o options) *bundle {
 	})
 	waitFor(t, 10*time.Second, "worker ready", func() bool { ok, _ := b.w.Ready(); return ok })
 	return b
+}
+
+// restartBroker stops the NATS server and starts it again on the same port and store, as an
+// operator's restart or a crash would.
+func (b *bundle) restartBroker(t *testing.T, down time.Duration) {
+	t.Helper()
+	addr := b.ns.Addr().String()
+	b.ns.Shutdown()
+	b.ns.WaitForShutdown()
+	time.Sleep(down)
+	ns, err := broker.Start(broker.Embedded{Listen: addr, DataDir: b.store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.ns = ns
 }
 
 // publish sends one event through JetStream; msgID may be empty.

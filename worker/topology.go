@@ -58,13 +58,61 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.Str
 	if err != nil {
 		return fmt.Errorf("look up stream %s: %w", cfg.Name, err)
 	}
-	have := s.CachedInfo().Config.Subjects
+	have := s.CachedInfo().Config
 	for _, want := range cfg.Subjects {
-		if !slices.Contains(have, want) {
-			return fmt.Errorf("stream %s exists but does not capture %q (it captures %v)", cfg.Name, want, have)
+		if !slices.Contains(have.Subjects, want) {
+			return fmt.Errorf("stream %s exists but does not capture %q (it captures %v)", cfg.Name, want, have.Subjects)
 		}
 	}
+	return lossy(have)
+}
+
+// minStreamAge is the shortest max_age the worker accepts: a shorter one would delete events
+// that a worker or broker outage kept waiting, before they are answered.
+const minStreamAge = time.Hour
+
+// lossy refuses a stream whose settings would drop events or results without anyone being
+// told, naming the setting. Limits with discard "new" are fine: the publisher gets an error.
+func lossy(c jetstream.StreamConfig) error {
+	why := ""
+	switch {
+	case c.Storage == jetstream.MemoryStorage:
+		why = "storage is memory: a server restart loses every message not yet processed; use file storage"
+	case c.MaxMsgsPerSubject > 0:
+		why = fmt.Sprintf("max_msgs_per_subject is %d: all but the last %d messages of a subject are dropped, processed or not", c.MaxMsgsPerSubject, c.MaxMsgsPerSubject)
+	case c.Discard == jetstream.DiscardOld && c.MaxMsgs > 0:
+		why = fmt.Sprintf("max_msgs is %d with discard old: when full, the oldest messages are dropped unprocessed; use discard new so publishers get an error", c.MaxMsgs)
+	case c.Discard == jetstream.DiscardOld && c.MaxBytes > 0:
+		why = fmt.Sprintf("max_bytes is %d with discard old: when full, the oldest messages are dropped unprocessed; use discard new so publishers get an error", c.MaxBytes)
+	case c.MaxAge > 0 && c.MaxAge < minStreamAge:
+		why = fmt.Sprintf("max_age is %v: messages waiting out an outage longer than that are deleted before they are answered; use at least %v", c.MaxAge, minStreamAge)
+	case c.NoAck:
+		why = "no_ack is set: publishers are not told whether their event was stored"
+	}
+	if why != "" {
+		return fmt.Errorf("stream %s would lose data silently, refusing to run: %s", c.Name, why)
+	}
 	return nil
+}
+
+// weaknesses lists settings that hold up in a test but not in production, for a start-up
+// warning: unreplicated streams on a cluster, a short duplicate window, unsynced storage.
+func weaknesses(ctx context.Context, js jetstream.JetStream, names ...string) []string {
+	var out []string
+	for _, name := range names {
+		s, err := js.Stream(ctx, name)
+		if err != nil {
+			continue
+		}
+		info := s.CachedInfo()
+		if info.Cluster != nil && info.Cluster.Name != "" && info.Config.Replicas < 3 {
+			out = append(out, fmt.Sprintf("stream %s has %d replica(s) on cluster %s: losing one server can lose acknowledged events; use 3", name, info.Config.Replicas, info.Cluster.Name))
+		}
+		if info.Config.Duplicates < 2*time.Minute {
+			out = append(out, fmt.Sprintf("stream %s's duplicate window is %v: a publisher retrying later than that creates a second event", name, info.Config.Duplicates))
+		}
+	}
+	return out
 }
 
 // inForce are the settings of what setup found or created, which may differ from Topology
@@ -113,6 +161,15 @@ func setup(ctx context.Context, js jetstream.JetStream, t Topology, c ConsumerSe
 	if st, err := kv.Status(ctx); err == nil {
 		in.ledgerTTL = st.TTL()
 	}
+	cons, err := ensureConsumer(ctx, js, t, c)
+	if err != nil {
+		return nil, nil, inForce{}, err
+	}
+	return cons, kv, in, nil
+}
+
+// ensureConsumer creates or updates the durable consumer shared by every replica.
+func ensureConsumer(ctx context.Context, js jetstream.JetStream, t Topology, c ConsumerSettings) (jetstream.Consumer, error) {
 	cons, err := js.CreateOrUpdateConsumer(ctx, t.EventsStream, jetstream.ConsumerConfig{
 		Durable:     t.Consumer,
 		Description: "pamworker: shared by every replica",
@@ -125,9 +182,9 @@ func setup(ctx context.Context, js jetstream.JetStream, t Topology, c ConsumerSe
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 	})
 	if err != nil {
-		return nil, nil, inForce{}, fmt.Errorf("consumer %s on %s: %w", t.Consumer, t.EventsStream, err)
+		return nil, fmt.Errorf("consumer %s on %s: %w", t.Consumer, t.EventsStream, err)
 	}
-	return cons, kv, in, nil
+	return cons, nil
 }
 
 // ConsumerSettings are the consumer's delivery settings.

@@ -126,12 +126,13 @@ var errCircuitOpen = errors.New("the target's circuit is open")
 // fetching, lets in-flight events finish for up to ShutdownTimeout, naks what is left, and
 // returns nil.
 func (w *Worker) Run(ctx context.Context) error {
-	cons, kv, in, err := setup(ctx, w.js, w.cfg.Topology, ConsumerSettings{
-		AckWait:       w.cfg.AckWait,
-		MaxAckPending: max(1024, 4*w.cfg.Concurrency),
-	})
+	settings := ConsumerSettings{AckWait: w.cfg.AckWait, MaxAckPending: max(1024, 4*w.cfg.Concurrency)}
+	cons, kv, in, err := setup(ctx, w.js, w.cfg.Topology, settings)
 	if err != nil {
 		return err
+	}
+	for _, weak := range weaknesses(ctx, w.js, w.cfg.Topology.EventsStream, w.cfg.Topology.ResultsStream) {
+		w.log.Warn("weak JetStream setting for production", "warning", weak)
 	}
 	w.ledger = newLedger(kv)
 	w.firstFromStream = in.ledgerTTL > 0 && in.dedupWindow >= in.ledgerTTL
@@ -148,6 +149,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("consume: %w", err)
 	}
+	var iterMu sync.Mutex // guards iter against the shutdown hook while it is replaced
 	w.consuming.Store(true)
 	w.log.Info("consuming", "stream", w.cfg.Topology.EventsStream, "consumer", w.cfg.Topology.Consumer,
 		"concurrency", w.cfg.Concurrency)
@@ -157,6 +159,8 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer cancelHard()
 	stop := context.AfterFunc(ctx, func() {
 		w.consuming.Store(false)
+		iterMu.Lock()
+		defer iterMu.Unlock()
 		iter.Drain()
 	})
 	defer stop()
@@ -178,8 +182,27 @@ func (w *Worker) Run(ctx context.Context) error {
 	for {
 		msg, err := iter.Next()
 		if err != nil {
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) && ctx.Err() != nil {
 				break
+			}
+			if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) ||
+				errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				// Someone deleted the durable consumer (or the broker lost it): make it again and
+				// carry on from the stream's unacknowledged events.
+				if next, rerr := w.reopen(ctx, settings); rerr == nil {
+					iterMu.Lock()
+					iter.Stop()
+					iter = next
+					iterMu.Unlock()
+					if ctx.Err() != nil {
+						next.Drain()
+					}
+					w.log.Warn("consumer was gone; recreated it", "consumer", w.cfg.Topology.Consumer, "error", err)
+					fetchErrs = 0
+					continue
+				} else {
+					err = rerr
+				}
 			}
 			// The iterator recovers from most errors by itself (missed heartbeats, a reconnect);
 			// back off so a persistent one does not spin, and log it when it changes.
@@ -221,6 +244,15 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	w.log.Info("stopped consuming")
 	return nil
+}
+
+// reopen recreates the durable consumer and a message iterator on it.
+func (w *Worker) reopen(ctx context.Context, settings ConsumerSettings) (jetstream.MessagesContext, error) {
+	cons, err := ensureConsumer(ctx, w.js, w.cfg.Topology, settings)
+	if err != nil {
+		return nil, err
+	}
+	return cons.Messages(jetstream.PullMaxMessages(w.cfg.Concurrency))
 }
 
 // Ready reports whether the worker is connected and consuming, with the reasons it is not and

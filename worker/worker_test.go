@@ -3,13 +3,20 @@ package worker_test
 import (
 	"encoding/json"
 	"fmt"
+	"io"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/oklog/ulid/v2"
+	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/pamworker/pamworker/broker"
 	"github.com/pamworker/pamworker/events"
+	"github.com/pamworker/pamworker/handlers"
 	"github.com/pamworker/pamworker/sandbox"
 	"github.com/pamworker/pamworker/worker"
 )
@@ -571,5 +578,92 @@ func TestCircuitBreakerBoundsRequests(t *testing.T) {
 	}
 	if b.metric(t, "pamworker_target_up", map[string]string{"target": "segura/default"}) != 1 {
 		t.Error("target_up not back to 1")
+	}
+}
+
+// TestBrokerRestart: the NATS server restarts under the worker; without a worker restart it
+// reconnects and every event, before and after, gets its result.
+func TestBrokerRestart(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{})
+	b.segura.SetLatency(20 * time.Millisecond)
+	var ids []string
+	for i := range 40 {
+		ids = append(ids, b.send(t, events.CredentialDisable, fmt.Sprintf(`{"credential_id":%d}`, 1+i)))
+	}
+	b.restartBroker(t, 500*time.Millisecond)
+	waitFor(t, 20*time.Second, "reconnected and consuming", func() bool { ok, _ := b.w.Ready(); return ok })
+	for i := range 40 {
+		ids = append(ids, b.send(t, events.CredentialEnable, fmt.Sprintf(`{"credential_id":%d}`, 1+i)))
+	}
+	for _, id := range ids {
+		if r := b.result(t, id); r.Status != events.Succeeded {
+			t.Errorf("%+v", r)
+		}
+	}
+}
+
+// TestConsumerDeleted: someone deletes the durable consumer; the worker recreates it and the
+// events published meanwhile are processed.
+func TestConsumerDeleted(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{})
+	if r := b.result(t, b.send(t, events.CredentialDisable, `{"credential_id":60}`)); r.Status != events.Succeeded {
+		t.Fatal(r)
+	}
+	if err := b.js.DeleteConsumer(t.Context(), "PAMWORKER_EVENTS", "pamworker"); err != nil {
+		t.Fatal(err)
+	}
+	id := b.send(t, events.CredentialDisable, `{"credential_id":61}`)
+	if r := b.result(t, id); r.Status != events.Succeeded {
+		t.Errorf("after the consumer was deleted: %+v", r)
+	}
+	if _, err := b.js.Consumer(t.Context(), "PAMWORKER_EVENTS", "pamworker"); err != nil {
+		t.Errorf("consumer not recreated: %v", err)
+	}
+}
+
+// TestLossyStreamRefused: the worker will not run on a stream that would drop events quietly,
+// and says which setting is the problem.
+func TestLossyStreamRefused(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		cfg  jetstream.StreamConfig
+		want string
+	}{
+		{"per-subject limit", jetstream.StreamConfig{MaxMsgsPerSubject: 1}, "max_msgs_per_subject"},
+		{"discard old when full", jetstream.StreamConfig{MaxMsgs: 1000, Discard: jetstream.DiscardOld}, "max_msgs"},
+		{"short max age", jetstream.StreamConfig{MaxAge: time.Minute}, "max_age"},
+		{"memory storage", jetstream.StreamConfig{Storage: jetstream.MemoryStorage}, "memory"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ns, err := broker.Start(broker.Embedded{Listen: "127.0.0.1:-1", DataDir: t.TempDir()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(ns.Shutdown)
+			nc, err := nats.Connect(ns.ClientURL())
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(nc.Close)
+			js, _ := jetstream.New(nc)
+			sc := tc.cfg
+			sc.Name, sc.Subjects = "PAMWORKER_EVENTS", []string{"pam.>", "element.>"}
+			if _, err := js.CreateStream(t.Context(), sc); err != nil {
+				t.Fatal(err)
+			}
+			w, err := worker.New(nc, handlers.NewRegistry(), worker.NewMetrics(prometheus.NewRegistry()),
+				slog.New(slog.NewTextHandler(io.Discard, nil)), func() string { return "x" }, fastConfig())
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = w.Run(t.Context())
+			if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "refusing to run") {
+				t.Errorf("Run = %v, want a refusal naming %s", err, tc.want)
+			}
+		})
 	}
 }
