@@ -14,6 +14,8 @@ import (
 type Topology struct {
 	EventsStream  string        // captures pam.> and element.>
 	ResultsStream string        // captures results.>
+	FailedStream  string        // keeps the original event of every failed result
+	FailedMaxAge  time.Duration // how long failed events are kept for replay
 	Consumer      string        // durable pull consumer shared by every replica
 	Bucket        string        // key-value bucket of the ledger
 	Replicas      int           // for the streams and bucket the worker creates
@@ -27,6 +29,8 @@ func DefaultTopology() Topology {
 	return Topology{
 		EventsStream:  "PAMWORKER_EVENTS",
 		ResultsStream: "PAMWORKER_RESULTS",
+		FailedStream:  "PAMWORKER_FAILED",
+		FailedMaxAge:  30 * 24 * time.Hour,
 		Consumer:      "pamworker",
 		Bucket:        "pamworker_ledger",
 		Replicas:      1,
@@ -42,6 +46,7 @@ func DefaultTopology() Topology {
 var (
 	eventSubjects  = []string{"pam.>", "element.>"}
 	resultSubjects = []string{"results.>"}
+	failedSubjects = []string{FailedPrefix + ">"}
 )
 
 // ensureStream creates the stream if it is missing. An existing stream is left as the operator
@@ -132,10 +137,12 @@ func setup(ctx context.Context, js jetstream.JetStream, t Topology, c ConsumerSe
 		Duplicates: t.DedupWindow,
 		Replicas:   t.Replicas,
 	}
-	evs, res := base, base
+	evs, res, fld := base, base, base
 	evs.Name, evs.Subjects, evs.Description = t.EventsStream, eventSubjects, "pamworker action events"
 	res.Name, res.Subjects, res.Description = t.ResultsStream, resultSubjects, "pamworker result events"
-	for _, cfg := range []jetstream.StreamConfig{evs, res} {
+	fld.Name, fld.Subjects, fld.Description = t.FailedStream, failedSubjects, "pamworker failed events, kept for replay"
+	fld.MaxAge = t.FailedMaxAge
+	for _, cfg := range []jetstream.StreamConfig{evs, res, fld} {
 		if err := ensureStream(ctx, js, cfg); err != nil {
 			return nil, nil, inForce{}, err
 		}

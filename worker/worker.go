@@ -486,12 +486,19 @@ func (w *Worker) finish(ctx context.Context, msg jetstream.Msg, ev events.Event,
 	elapsed := time.Since(start)
 	res.DurationMS = float64(elapsed.Microseconds()) / 1000
 	res.FinishedAt = events.Timestamp(time.Now())
+	if of := msg.Headers().Get(ReplayOfHeader); of != "" {
+		res.Details["replay_of"] = of
+	}
 	data, err := res.Marshal()
 	if err != nil { // details from a vendor that cannot be encoded: keep the verdict, drop them
 		res.Details = map[string]any{"error": "details could not be encoded"}
 		data, _ = res.Marshal()
 	}
-	if err := w.publishResult(ctx, ev, data); err != nil {
+	var keep []*nats.Msg
+	if res.Status == events.Failed {
+		keep = append(keep, failedRecordMsg(msg, ev, data))
+	}
+	if err := w.publishResult(ctx, ev, data, keep...); err != nil {
 		log.Error("result could not be stored; event will be redelivered", "error", err)
 		w.postpone(msg, ev, "result_publish", time.Second)
 		return
@@ -520,10 +527,10 @@ func (w *Worker) finish(ctx context.Context, msg jetstream.Msg, ev events.Event,
 	}
 }
 
-// publishResult stores data as the record of ev.ID and publishes it as the result event. The
-// two JetStream publishes are pipelined; both must be acknowledged. The reply inbox, if any, is
-// told last, once the result is durable.
-func (w *Worker) publishResult(ctx context.Context, ev events.Event, data []byte) error {
+// publishResult stores data as the record of ev.ID and publishes it as the result event, with
+// any extra messages (the failed-event record). The JetStream publishes are pipelined; all must
+// be acknowledged. The reply inbox, if any, is told last, once the result is durable.
+func (w *Worker) publishResult(ctx context.Context, ev events.Event, data []byte, extra ...*nats.Msg) error {
 	rec, err := w.js.PublishAsync(w.ledger.recordSubject(ev.ID), data)
 	if err != nil {
 		return fmt.Errorf("record: %w", err)
@@ -536,9 +543,17 @@ func (w *Worker) publishResult(ctx context.Context, ev events.Event, data []byte
 	if err != nil {
 		return fmt.Errorf("result: %w", err)
 	}
+	futures := []jetstream.PubAckFuture{rec, pub}
+	for _, m := range extra {
+		f, err := w.js.PublishMsgAsync(m)
+		if err != nil {
+			return fmt.Errorf("%s: %w", m.Subject, err)
+		}
+		futures = append(futures, f)
+	}
 	timeout := time.NewTimer(10 * time.Second)
 	defer timeout.Stop()
-	for _, f := range []jetstream.PubAckFuture{rec, pub} {
+	for _, f := range futures {
 		select {
 		case <-f.Ok():
 		case err := <-f.Err():

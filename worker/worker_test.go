@@ -667,3 +667,54 @@ func TestLossyStreamRefused(t *testing.T) {
 		})
 	}
 }
+
+// TestFailedEventKept: a failed result keeps the original event, headers included, in the
+// failed-events stream under a subject derived from its id; a replayed event's result links
+// to the event it replays.
+func TestFailedEventKept(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{})
+	id := ulid.Make().String()
+	payload := `{"event_id":"` + id + `","credential_id":999999,"correlation_id":"INC-9"}`
+	b.publish(t, events.CredentialDisable, payload, id)
+	if r := b.result(t, id); r.Status != events.Failed {
+		t.Fatalf("%+v", r)
+	}
+	s, err := b.js.Stream(t.Context(), "PAMWORKER_FAILED")
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := s.GetLastMsgForSubject(t.Context(), worker.FailedSubject(events.CredentialDisable, id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec worker.FailedRecord
+	if err := json.Unmarshal(raw.Data, &rec); err != nil {
+		t.Fatal(err)
+	}
+	var res events.Result
+	_ = json.Unmarshal(rec.Result, &res)
+	if rec.EventID != id || rec.Subject != events.CredentialDisable || rec.Payload != payload ||
+		rec.Headers["Nats-Msg-Id"] != id || res.Error == nil || res.Error.Code != "1007" {
+		t.Errorf("failed record: %+v result %+v", rec, res)
+	}
+	if got := worker.ActionOfFailedSubject(raw.Subject); got != events.CredentialDisable {
+		t.Errorf("ActionOfFailedSubject(%q) = %q", raw.Subject, got)
+	}
+	// Successes and rejections are not kept.
+	b.result(t, b.send(t, events.CredentialDisable, `{"credential_id":62}`))
+	info, _ := s.Info(t.Context())
+	if info.State.Msgs != 1 {
+		t.Errorf("failed stream holds %d messages, want 1", info.State.Msgs)
+	}
+
+	replay := ulid.Make().String()
+	msg := &nats.Msg{Subject: events.CredentialDisable, Data: []byte(`{"event_id":"` + replay + `","credential_id":63}`),
+		Header: nats.Header{worker.ReplayOfHeader: []string{id}}}
+	if _, err := b.js.PublishMsg(t.Context(), msg); err != nil {
+		t.Fatal(err)
+	}
+	if r := b.result(t, replay); r.Details["replay_of"] != id {
+		t.Errorf("replayed result details = %v, want replay_of %s", r.Details, id)
+	}
+}
