@@ -527,3 +527,92 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// TestShutdownUnderLoad: SIGTERM while events are in flight — the worker stops fetching, lets
+// in-flight events finish within PAMWORKER_SHUTDOWN_TIMEOUT, hands the rest back, and exits 0.
+// A second signal exits at once. Either way a new worker finishes every event, none lost.
+func TestShutdownUnderLoad(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name    string
+		signals int
+	}{{"one SIGTERM", 1}, {"second signal", 2}} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			r := newRig(t)
+			r.segura.SetLatency(300 * time.Millisecond)
+			env := append(r.env, "PAMWORKER_CONCURRENCY=8", "PAMWORKER_LOG_LEVEL=info",
+				"PAMWORKER_SHUTDOWN_TIMEOUT=10s", "PAMWORKER_ACK_WAIT=5s")
+			w := startWorker(t, env)
+			seen := map[string]int{}
+			var mu sync.Mutex
+			sub, err := r.nc.Subscribe("results.>", func(m *nats.Msg) {
+				var res events.Result
+				if json.Unmarshal(m.Data, &res) == nil {
+					mu.Lock()
+					seen[res.EventID]++
+					mu.Unlock()
+				}
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sub.Unsubscribe()
+			count := func() int { mu.Lock(); defer mu.Unlock(); return len(seen) }
+
+			const n = 120
+			for i := range n {
+				id := fmt.Sprintf("term-%03d", i)
+				payload := fmt.Sprintf(`{"event_id":%q,"credential_id":%d}`, id, 1+i%100)
+				if _, err := r.js.PublishAsync(events.CredentialDisable, []byte(payload), jetstream.WithMsgID(id)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			<-r.js.PublishAsyncComplete()
+			waitUntil(t, 30*time.Second, func() bool { return count() >= 16 })
+			start := time.Now()
+			for range tc.signals {
+				_ = w.cmd.Process.Signal(syscall.SIGTERM)
+				time.Sleep(50 * time.Millisecond)
+			}
+			var exitErr error
+			select {
+			case exitErr = <-w.done:
+				w.done <- exitErr
+			case <-time.After(30 * time.Second):
+				t.Fatal("worker did not exit")
+			}
+			stopped, atStop := time.Since(start), count()
+			switch tc.signals {
+			case 1:
+				if exitErr != nil {
+					t.Errorf("exit after SIGTERM: %v, want status 0\n%s", exitErr, w.logs.String())
+				}
+				if !strings.Contains(w.logs.String(), "stopped consuming") {
+					t.Error("no clean stop in the logs")
+				}
+			case 2:
+				if exitErr == nil {
+					t.Error("second signal: clean exit; want the process ended by the signal")
+				}
+			}
+			t.Logf("%s: exited after %v with %d of %d answered", tc.name, stopped.Round(time.Millisecond), atStop, n)
+			if atStop >= n {
+				t.Fatal("everything finished before the signal; the test proves nothing")
+			}
+
+			startWorker(t, env)
+			waitUntil(t, 90*time.Second, func() bool { return count() >= n })
+			mu.Lock()
+			defer mu.Unlock()
+			for id, c := range seen {
+				if c != 1 && tc.signals == 1 {
+					t.Errorf("event %s answered %d times", id, c)
+				}
+			}
+			if calls := r.segura.Calls(); calls > n+8 {
+				t.Errorf("%d vendor calls for %d events: more repeats than the 8 in flight", calls, n)
+			}
+		})
+	}
+}
