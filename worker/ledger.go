@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"strconv"
+	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -81,4 +82,55 @@ func RecordedResult(ctx context.Context, js jetstream.JetStream, bucket, eventID
 	}
 	_, raw, err := newLedger(kv).result(ctx, eventID)
 	return raw, err
+}
+
+// Delivery marks, kept by stream sequence, tell a redelivery how the previous one ended. A
+// worker that hands a message back (nak) marks it "decided"; a redelivery marks it "started".
+// A redelivery that finds no mark or a "started" one knows the delivery before it died without
+// an answer — the process crashed or hung on it — and counts it.
+const (
+	markStarted = "started"
+	markDecided = "decided"
+)
+
+func markKey(streamSeq uint64) string { return "try." + strconv.FormatUint(streamSeq, 10) }
+
+// deliveryStarted records that a redelivery of streamSeq is starting and returns how many
+// deliveries of it have died without an answer so far, this one excluded.
+func (l *ledger) deliveryStarted(ctx context.Context, streamSeq uint64) (int, error) {
+	state, deaths, err := l.readMark(ctx, streamSeq)
+	if err != nil {
+		return 0, err
+	}
+	if state != markDecided {
+		deaths++
+	}
+	return deaths, l.writeMark(ctx, streamSeq, markStarted, deaths)
+}
+
+// deliveryDecided records that a worker handed streamSeq back on purpose.
+func (l *ledger) deliveryDecided(ctx context.Context, streamSeq uint64) error {
+	_, deaths, err := l.readMark(ctx, streamSeq)
+	if err != nil {
+		return err
+	}
+	return l.writeMark(ctx, streamSeq, markDecided, deaths)
+}
+
+func (l *ledger) readMark(ctx context.Context, streamSeq uint64) (state string, deaths int, err error) {
+	e, err := l.kv.Get(ctx, markKey(streamSeq))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return "", 0, nil
+	}
+	if err != nil {
+		return "", 0, err
+	}
+	state, n, _ := strings.Cut(string(e.Value()), ":")
+	deaths, _ = strconv.Atoi(n)
+	return state, deaths, nil
+}
+
+func (l *ledger) writeMark(ctx context.Context, streamSeq uint64, state string, deaths int) error {
+	_, err := l.kv.Put(ctx, markKey(streamSeq), []byte(state+":"+strconv.Itoa(deaths)))
+	return err
 }

@@ -118,6 +118,10 @@ func New(nc *nats.Conn, reg *handlers.Registry, m *Metrics, log *slog.Logger, ne
 // stream at once for another replica, instead of sleeping through the shutdown grace.
 var errShutdown = errors.New("worker is shutting down")
 
+// crashLimit is how many deliveries of one message may die without an answer (the process
+// crashed or hung on it) before the worker stops running it and fails it as crash_loop.
+const crashLimit = 3
+
 // errCircuitOpen ends the retries of an event that is not the probe once its target's breaker
 // opens: it waits in the stream instead, without spending its retry budget.
 var errCircuitOpen = errors.New("the target's circuit is open")
@@ -226,7 +230,7 @@ func (w *Worker) Run(ctx context.Context) error {
 			}
 		}
 		// Fetched but shutting down: hand it to another replica now rather than after AckWait.
-		_ = msg.Nak()
+		w.postpone(msg, events.Event{Action: msg.Subject()}, "shutdown", 0)
 	}
 	close(jobs)
 
@@ -305,6 +309,9 @@ func (w *Worker) process(soft, hard context.Context, msg jetstream.Msg) {
 		w.finish(hard, msg, ev, rejected(ev, rej), start, log)
 		return
 	}
+	if w.crashLoop(hard, msg, ev, start, log) {
+		return
+	}
 	if rej := w.stale(msg, ev); rej != nil {
 		w.finish(hard, msg, ev, rejected(ev, rej), start, log)
 		return
@@ -378,6 +385,32 @@ func (w *Worker) process(soft, hard context.Context, msg jetstream.Msg) {
 		res.Error = &events.ErrorInfo{Code: cmp.Or(re.Code, string(re.Reason)), Message: re.Error(), HTTPStatus: re.HTTPStatus, Retryable: true}
 		w.finish(hard, msg, ev, res, start, log)
 	}
+}
+
+// crashLoop fails a message whose deliveries keep dying without an answer, instead of letting
+// it take down a worker once more. Only redeliveries pay for the check.
+func (w *Worker) crashLoop(ctx context.Context, msg jetstream.Msg, ev events.Event, start time.Time, log *slog.Logger) bool {
+	md, err := msg.Metadata()
+	if err != nil || md.NumDelivered < 2 {
+		return false
+	}
+	deaths, err := w.ledger.deliveryStarted(ctx, md.Sequence.Stream)
+	if err != nil {
+		log.Warn("ledger unavailable for the crash-loop check; going on", "error", err)
+		return false
+	}
+	if deaths < crashLimit {
+		return false
+	}
+	log.Error("event keeps killing or hanging the worker; failing it without running it again",
+		"deliveries", md.NumDelivered, "unanswered_deliveries", deaths)
+	res := events.NewResult(ev)
+	res.Status = events.Failed
+	res.Message = fmt.Sprintf("delivered %d times; %d deliveries ended without an answer (the worker crashed or hung on it); not run again",
+		md.NumDelivered, deaths)
+	res.Error = &events.ErrorInfo{Code: "crash_loop", Message: res.Message}
+	w.finish(ctx, msg, ev, res, start, log)
+	return true
 }
 
 // stale rejects an event older than MaxEventAge, so a backlog replayed after an outage cannot
@@ -585,8 +618,16 @@ func (w *Worker) answerDuplicate(ctx context.Context, msg jetstream.Msg, ev even
 	log.Info("duplicate event answered from the ledger; vendor not called")
 }
 
-// postpone hands msg back to JetStream for delivery after delay.
+// postpone hands msg back to JetStream for delivery after delay, marking the delivery as
+// answered so the crash-loop check does not count it.
 func (w *Worker) postpone(msg jetstream.Msg, ev events.Event, reason string, delay time.Duration) {
+	if md, err := msg.Metadata(); err == nil && w.ledger != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		if err := w.ledger.deliveryDecided(ctx, md.Sequence.Stream); err != nil {
+			w.log.Warn("could not mark a handed-back delivery", "event_id", ev.ID, "error", err)
+		}
+		cancel()
+	}
 	var err error
 	if delay > 0 {
 		err = msg.NakWithDelay(delay)

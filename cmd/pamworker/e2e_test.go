@@ -616,3 +616,47 @@ func TestShutdownUnderLoad(t *testing.T) {
 		})
 	}
 }
+
+// TestCrashLoop: an event on which the worker keeps dying (here: SIGKILLed while its call
+// hangs, three times) gets a failed result crash_loop from the next worker instead of being run
+// again, and the worker then carries on with other events.
+func TestCrashLoop(t *testing.T) {
+	t.Parallel()
+	r := newRig(t)
+	env := append(r.env, "PAMWORKER_ACK_WAIT=3s", "PAMWORKER_HTTP_TIMEOUT=2m", "PAMWORKER_LOG_LEVEL=info")
+	r.segura.FailNext(3, sandbox.Fault{Delay: 5 * time.Minute}) // the first three calls hang
+	const id = "crash-loop-1"
+	for kill := 1; kill <= 3; kill++ {
+		w := startWorker(t, env)
+		if kill == 1 {
+			if _, err := r.js.Publish(context.Background(), events.CredentialDisable,
+				[]byte(`{"event_id":"`+id+`","credential_id":70}`), jetstream.WithMsgID(id)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		waitUntil(t, 30*time.Second, func() bool { return r.segura.Calls() >= int64(kill) })
+		_ = w.cmd.Process.Signal(syscall.SIGKILL)
+		w.done <- <-w.done
+	}
+	w := startWorker(t, env)
+	var res events.Result
+	waitUntil(t, 30*time.Second, func() bool {
+		for _, line := range strings.Split(strings.TrimSpace(allResults(t, r.js)), "\n") {
+			if json.Unmarshal([]byte(line), &res) == nil && res.EventID == id {
+				return true
+			}
+		}
+		return false
+	})
+	if res.Status != events.Failed || res.Error == nil || res.Error.Code != "crash_loop" {
+		t.Fatalf("result %+v, want failed crash_loop", res)
+	}
+	if n := r.segura.Calls(); n != 3 {
+		t.Errorf("vendor called %d times, want 3 (not again after the third death)", n)
+	}
+	// The worker is fine and goes on.
+	stdout, _, code := send(t, r.env, events.CredentialDisable, `{"credential_id":71}`, "--wait", "20s")
+	if code != 0 {
+		t.Errorf("next event: exit %d\n%s\n%s", code, stdout, w.logs.String())
+	}
+}
