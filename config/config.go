@@ -40,6 +40,7 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	MaxEventAge     time.Duration // 0: no limit
 	TargetRate      float64       // API attempts per second per target
+	StreamReplicas  int           // replicas of the streams and bucket the worker creates
 	LogLevel        slog.Level
 
 	Segura  map[string]Segura  // by target name; "default" from the environment
@@ -77,6 +78,7 @@ const (
 	DefaultShutdownTimeout = 20 * time.Second
 	DefaultMaxEventAge     = time.Hour
 	DefaultTargetRate      = 50
+	DefaultStreamReplicas  = 1
 )
 
 // env lists every variable the worker reads. Secrets also have a _FILE form.
@@ -87,7 +89,8 @@ var env = map[string]bool{ // name → has a _FILE form
 	"PAMWORKER_MAX_DELIVERIES": false, "PAMWORKER_RETRY_MAX_ELAPSED": false,
 	"PAMWORKER_ACK_WAIT": false, "PAMWORKER_DEDUP_TTL": false, "PAMWORKER_SHUTDOWN_TIMEOUT": false,
 	"PAMWORKER_LOG_LEVEL": false, "PAMWORKER_MAX_EVENT_AGE": false, "PAMWORKER_TARGET_RATE": false,
-	"PAMWORKER_SEGURA_URL": false, "PAMWORKER_SEGURA_CLIENT_ID": true,
+	"PAMWORKER_STREAM_REPLICAS": false,
+	"PAMWORKER_SEGURA_URL":      false, "PAMWORKER_SEGURA_CLIENT_ID": true,
 	"PAMWORKER_SEGURA_CLIENT_SECRET": true, "PAMWORKER_SEGURA_TOKEN_URL": false,
 	"PAMWORKER_SEGURA_API_PREFIX": false, "PAMWORKER_ELEMENT_URL": false,
 	"PAMWORKER_ELEMENT_USERNAME": true, "PAMWORKER_ELEMENT_PASSWORD": true,
@@ -128,6 +131,7 @@ type file struct {
 	ShutdownTimeout string                 `yaml:"shutdown_timeout"`
 	MaxEventAge     string                 `yaml:"max_event_age"`
 	TargetRate      string                 `yaml:"target_rate"`
+	StreamReplicas  string                 `yaml:"stream_replicas"`
 	LogLevel        string                 `yaml:"log_level"`
 	Segura          map[string]seguraFile  `yaml:"segura"`
 	Element         map[string]elementFile `yaml:"element"`
@@ -198,6 +202,7 @@ func Load(getenv func(string) string, environ []string) (Config, error) {
 		ShutdownTimeout: l.duration("PAMWORKER_SHUTDOWN_TIMEOUT", f.ShutdownTimeout, DefaultShutdownTimeout, time.Second, 10*time.Minute),
 		MaxEventAge:     l.duration("PAMWORKER_MAX_EVENT_AGE", f.MaxEventAge, DefaultMaxEventAge, 0, 30*24*time.Hour),
 		TargetRate:      float64(l.integer("PAMWORKER_TARGET_RATE", f.TargetRate, DefaultTargetRate, 1, 10000)),
+		StreamReplicas:  l.integer("PAMWORKER_STREAM_REPLICAS", f.StreamReplicas, DefaultStreamReplicas, 1, 5),
 		LogLevel:        l.level("PAMWORKER_LOG_LEVEL", f.LogLevel),
 		Segura:          map[string]Segura{},
 		Element:         map[string]Element{},

@@ -140,6 +140,7 @@ func serve(ctx context.Context, cfg config.Config, withSandbox bool, log *slog.L
 func topology(cfg config.Config) worker.Topology {
 	t := worker.DefaultTopology()
 	t.LedgerTTL, t.DedupWindow = cfg.DedupTTL, cfg.DedupTTL
+	t.Replicas = cfg.StreamReplicas
 	return t
 }
 
