@@ -32,6 +32,11 @@ const (
 const usage = `usage:
   pamworker [run] [--sandbox]                      run the worker
   pamworker send SUBJECT 'JSON' [--wait DURATION]  publish one event; with --wait print its result
+  pamworker failed list [--action SUBJECT] [--code CODE] [--limit N] [--json]
+                                                   list failed events kept for replay, newest first
+                                                   (--limit default 50, 0 for all)
+  pamworker failed replay EVENT_ID... | --all [--action SUBJECT] [--code CODE]
+                                                   send failed events again, each under a new event id
   pamworker version                                print the version
 
 Configuration is read from PAMWORKER_* environment variables and the YAML file named by
@@ -41,12 +46,14 @@ PAMWORKER_CONFIG; see README.md.
 // run is the whole program behind main, so tests can start it in-process.
 func run(ctx context.Context, args []string, getenv func(string) string, environ []string, stdout, stderr io.Writer) int {
 	cmd := "run"
-	if len(args) > 0 && (args[0] == "run" || args[0] == "send" || args[0] == "version" || args[0] == "help") {
+	if len(args) > 0 && (args[0] == "run" || args[0] == "send" || args[0] == "failed" || args[0] == "version" || args[0] == "help") {
 		cmd, args = args[0], args[1:]
 	}
 	switch cmd {
 	case "send":
 		return runSend(ctx, args, getenv, environ, stdout, stderr)
+	case "failed":
+		return runFailed(ctx, args, getenv, environ, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "pamworker", version)
 		return exitOK
