@@ -84,6 +84,21 @@ func NotConfigured(vendor string) Handler {
 	})
 }
 
+// Dispatch returns a Handler that runs each event on the client of its target, or rejects it
+// as target_not_configured; with no targets at all, every event of vendor is rejected.
+func Dispatch[C Handler](vendor string, targets Targets[C]) Handler {
+	if len(targets) == 0 {
+		return NotConfigured(vendor)
+	}
+	return HandlerFunc(func(ctx context.Context, ev events.Event) (Outcome, error) {
+		c, err := targets.Pick(ev)
+		if err != nil {
+			return Outcome{}, err
+		}
+		return c.Handle(ctx, ev)
+	})
+}
+
 // Targets picks the client for an event's target.
 type Targets[C any] map[string]C
 

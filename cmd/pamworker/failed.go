@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
@@ -18,8 +17,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/pamworker/pamworker/broker"
-	"github.com/pamworker/pamworker/config"
 	"github.com/pamworker/pamworker/events"
 	"github.com/pamworker/pamworker/worker"
 )
@@ -143,27 +140,11 @@ func runFailed(ctx context.Context, args []string, getenv func(string) string, e
 		fmt.Fprint(stdout, usage)
 		return exitOK
 	}
-	cfg, err := config.Load(getenv, environ)
+	nc, js, err := connectClient(getenv, environ, "failed", stderr)
 	if err != nil {
-		fmt.Fprintln(stderr, "pamworker: configuration:", err)
-		return exitUsage
-	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: max(cfg.LogLevel, slog.LevelWarn)}))
-	urls := cfg.NATSURL.Reveal()
-	if urls == "" {
-		urls = "nats://" + cfg.NATSListen
-	}
-	nc, err := broker.Connect(urls, "pamworker-failed", log, nats.MaxReconnects(5))
-	if err != nil {
-		fmt.Fprintf(stderr, "pamworker failed: %v (is the worker, or the NATS server at %s, running?)\n", err, redactURL(urls))
 		return exitUsage
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		fmt.Fprintln(stderr, "pamworker failed:", err)
-		return exitUsage
-	}
 	store, err := openFailed(ctx, js, worker.DefaultTopology().FailedStream)
 	if err != nil {
 		fmt.Fprintln(stderr, "pamworker failed:", err)

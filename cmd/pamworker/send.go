@@ -70,27 +70,11 @@ func runSend(ctx context.Context, args []string, getenv func(string) string, env
 		fmt.Fprintf(stderr, "pamworker send: %v\n%s", err, usage)
 		return exitUsage
 	}
-	cfg, err := config.Load(getenv, environ)
+	nc, js, err := connectClient(getenv, environ, "send", stderr)
 	if err != nil {
-		fmt.Fprintln(stderr, "pamworker: configuration:", err)
-		return exitUsage
-	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: max(cfg.LogLevel, slog.LevelWarn)}))
-	urls := cfg.NATSURL.Reveal()
-	if urls == "" {
-		urls = "nats://" + cfg.NATSListen
-	}
-	nc, err := broker.Connect(urls, "pamworker-send", log, nats.MaxReconnects(5))
-	if err != nil {
-		fmt.Fprintf(stderr, "pamworker send: %v (is the worker, or the NATS server at %s, running?)\n", err, redactURL(urls))
 		return exitUsage
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		fmt.Fprintln(stderr, "pamworker send:", err)
-		return exitUsage
-	}
 
 	id, payload, replyTo := prepare(a.payload, a.wait > 0)
 	var inbox *nats.Subscription
@@ -152,6 +136,33 @@ func runSend(ctx context.Context, args []string, getenv func(string) string, env
 		return exitOK
 	}
 	return exitFailed
+}
+
+// connectClient connects a command (send, failed) to the worker's NATS: PAMWORKER_NATS_URL, or
+// the embedded server's address. Errors are printed as one line, named after the command.
+func connectClient(getenv func(string) string, environ []string, command string, stderr io.Writer) (*nats.Conn, jetstream.JetStream, error) {
+	cfg, err := config.Load(getenv, environ)
+	if err != nil {
+		fmt.Fprintln(stderr, "pamworker: configuration:", err)
+		return nil, nil, err
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: max(cfg.LogLevel, slog.LevelWarn)}))
+	urls := cfg.NATSURL.Reveal()
+	if urls == "" {
+		urls = "nats://" + cfg.NATSListen
+	}
+	nc, err := broker.Connect(urls, "pamworker-"+command, log, nats.MaxReconnects(5))
+	if err != nil {
+		fmt.Fprintf(stderr, "pamworker %s: %v (is the worker, or the NATS server at %s, running?)\n", command, err, redactURL(urls))
+		return nil, nil, err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		fmt.Fprintf(stderr, "pamworker %s: %v\n", command, err)
+		return nil, nil, err
+	}
+	return nc, js, nil
 }
 
 // prepare gives the payload an event id (its own event_id or CloudEvents id, else a new one)

@@ -58,15 +58,6 @@ func (c *Client) Handle(ctx context.Context, ev events.Event) (handlers.Outcome,
 
 // Register adds the Element action's handler to r, dispatching on the event's target.
 func Register(r *handlers.Registry, targets handlers.Targets[*Client]) error {
-	h := handlers.Handler(handlers.NotConfigured("element"))
-	if len(targets) > 0 {
-		h = handlers.HandlerFunc(func(ctx context.Context, ev events.Event) (handlers.Outcome, error) {
-			c, err := targets.Pick(ev)
-			if err != nil {
-				return handlers.Outcome{}, err
-			}
-			return c.Handle(ctx, ev)
-		})
-	}
+	h := handlers.Dispatch("element", targets)
 	return r.Add(events.ElementSessionsDelete, h)
 }

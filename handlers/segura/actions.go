@@ -60,16 +60,7 @@ func (c *Client) Handle(ctx context.Context, ev events.Event) (handlers.Outcome,
 // Register adds the handlers of Segura's actions to r, dispatching on the event's target. With
 // no targets, every Segura action is rejected as target_not_configured.
 func Register(r *handlers.Registry, targets handlers.Targets[*Client]) error {
-	h := handlers.Handler(handlers.NotConfigured("segura"))
-	if len(targets) > 0 {
-		h = handlers.HandlerFunc(func(ctx context.Context, ev events.Event) (handlers.Outcome, error) {
-			c, err := targets.Pick(ev)
-			if err != nil {
-				return handlers.Outcome{}, err
-			}
-			return c.Handle(ctx, ev)
-		})
-	}
+	h := handlers.Dispatch("segura", targets)
 	for _, a := range []string{events.SessionDrop, events.CredentialDisable, events.CredentialEnable, events.CustodyRelease} {
 		if err := r.Add(a, h); err != nil {
 			return err
