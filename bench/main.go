@@ -31,6 +31,8 @@ type options struct {
 	timeout                        time.Duration
 	root, profileDir               string
 	workers                        []string
+	soak                           time.Duration // > 0: run the soak mode instead of rounds
+	rate                           int           // soak: events per second
 }
 
 func main() {
@@ -49,6 +51,8 @@ func main() {
 	flag.DurationVar(&o.timeout, "timeout", 2*time.Minute, "longest wait for the results of one run")
 	flag.StringVar(&o.root, "root", "", "pamworker module root (default: from go env GOMOD)")
 	flag.StringVar(&o.profileDir, "profile", "", "write CPU and allocation profiles of the timed parts to this directory")
+	flag.DurationVar(&o.soak, "soak", 0, "run pamworker alone at a steady -rate for this long, printing its memory and goroutines (e.g. 10m)")
+	flag.IntVar(&o.rate, "rate", 200, "soak: events per second")
 	workers := flag.String("workers", kindBaseline+","+kindPam, "workers run in turn in every round, the first is the reference: "+strings.Join(workerKinds, ", "))
 	flag.Parse()
 	o.workers = strings.Split(*workers, ",")
@@ -117,6 +121,10 @@ func run(o options) error {
 	}
 	defer b.sub.Close()
 
+	if o.soak > 0 {
+		printMachine(o)
+		return b.soakRun(ctx)
+	}
 	printMachine(o)
 	fmt.Println("| run | worker | events/s | p50 ms | p99 ms | max ms | worker CPU ms/10k | broker+bench CPU ms/10k | peak RSS MiB | RSS at end MiB | API conns (run / timed) | API calls | other load |")
 	fmt.Println("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")

@@ -24,6 +24,7 @@ type workerProc struct {
 	cmd     *exec.Cmd
 	logPath string
 	profile string // BENCH_SIGPROF_FILE of the process, or ""
+	http    string // pamworker's metrics address, "" for the baseline
 	exited  chan struct{}
 	waitErr error
 }
@@ -78,6 +79,9 @@ func startPamworker(bin, natsURL, apiURL string, concurrency int, logPath, profi
 		"PAMWORKER_SEGURA_CLIENT_SECRET=bench-secret",
 		"PAMWORKER_CONCURRENCY="+strconv.Itoa(concurrency),
 		"PAMWORKER_LOG_LEVEL=warn",
+		// The per-target rate limit (50/s by default) protects real vendors; the bench measures
+		// the worker's own capacity against an instant fake, so it lifts the limit.
+		"PAMWORKER_TARGET_RATE=10000",
 	)
 	w, err := startWorker("pamworker", cmd, logPath, profile)
 	if err != nil {
@@ -89,6 +93,7 @@ func startPamworker(bin, natsURL, apiURL string, concurrency int, logPath, profi
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
+				w.http = addr
 				return w, nil
 			}
 		}

@@ -293,7 +293,7 @@ func TestKillMidLoad(t *testing.T) {
 	t.Parallel()
 	r := newRig(t)
 	r.segura.SetLatency(15 * time.Millisecond)
-	env := append(r.env, "PAMWORKER_CONCURRENCY=8", "PAMWORKER_LOG_LEVEL=info", "PAMWORKER_ACK_WAIT=5s")
+	env := append(r.env, "PAMWORKER_CONCURRENCY=8", "PAMWORKER_LOG_LEVEL=info", "PAMWORKER_ACK_WAIT=5s", "PAMWORKER_TARGET_RATE=2000")
 	w := startWorker(t, env)
 
 	seen := map[string]int{}
