@@ -54,6 +54,7 @@ type Segura struct {
 	ClientSecret handlers.Secret
 	TokenURL     string // default URL + /iso/oauth2/token
 	APIPrefix    string // default /api
+	TLS          handlers.TLSFiles
 }
 
 // Element is one Element cluster.
@@ -61,6 +62,7 @@ type Element struct {
 	URL      string
 	Username string
 	Password handlers.Secret
+	TLS      handlers.TLSFiles
 }
 
 // Defaults of the settings that have one.
@@ -94,6 +96,10 @@ var env = map[string]bool{ // name → has a _FILE form
 	"PAMWORKER_SEGURA_CLIENT_SECRET": true, "PAMWORKER_SEGURA_TOKEN_URL": false,
 	"PAMWORKER_SEGURA_API_PREFIX": false, "PAMWORKER_ELEMENT_URL": false,
 	"PAMWORKER_ELEMENT_USERNAME": true, "PAMWORKER_ELEMENT_PASSWORD": true,
+	"PAMWORKER_SEGURA_CA_FILE": false, "PAMWORKER_SEGURA_CLIENT_CERT_FILE": false,
+	"PAMWORKER_SEGURA_CLIENT_KEY_FILE": false, "PAMWORKER_SEGURA_INSECURE_SKIP_VERIFY": false,
+	"PAMWORKER_ELEMENT_CA_FILE": false, "PAMWORKER_ELEMENT_CLIENT_CERT_FILE": false,
+	"PAMWORKER_ELEMENT_CLIENT_KEY_FILE": false, "PAMWORKER_ELEMENT_INSECURE_SKIP_VERIFY": false,
 }
 
 // Variables returns the names of every environment variable the worker reads.
@@ -145,6 +151,15 @@ type seguraFile struct {
 	ClientSecretFile string `yaml:"client_secret_file"`
 	TokenURL         string `yaml:"token_url"`
 	APIPrefix        string `yaml:"api_prefix"`
+	tlsFile          `yaml:",inline"`
+}
+
+// tlsFile is the TLS part of a target in the YAML file.
+type tlsFile struct {
+	CAFile             string `yaml:"ca_file"`
+	ClientCertFile     string `yaml:"client_cert_file"`
+	ClientKeyFile      string `yaml:"client_key_file"`
+	InsecureSkipVerify string `yaml:"insecure_skip_verify"`
 }
 
 type elementFile struct {
@@ -153,6 +168,7 @@ type elementFile struct {
 	UsernameFile string `yaml:"username_file"`
 	Password     string `yaml:"password"`
 	PasswordFile string `yaml:"password_file"`
+	tlsFile      `yaml:",inline"`
 }
 
 // Load reads the configuration from the environment (getenv, and environ to find unknown
@@ -163,11 +179,10 @@ func Load(getenv func(string) string, environ []string) (Config, error) {
 		if !strings.HasPrefix(name, "PAMWORKER_") || serviceLink.MatchString(name) {
 			continue
 		}
-		base, isFile := strings.CutSuffix(name, "_FILE")
-		if hasFile, known := env[name]; known && (!isFile || hasFile) {
+		if _, known := env[name]; known {
 			continue
 		}
-		if hasFile := env[base]; isFile && hasFile {
+		if base, isFile := strings.CutSuffix(name, "_FILE"); isFile && env[base] {
 			continue
 		}
 		return Config{}, fmt.Errorf("%s: unknown setting (known: %s)", name, strings.Join(Variables(), ", "))
@@ -215,6 +230,7 @@ func Load(getenv func(string) string, environ []string) (Config, error) {
 			ClientSecret: handlers.NewSecret(l.fileOr(p+".client_secret", s.ClientSecret, s.ClientSecretFile)),
 			TokenURL:     s.TokenURL,
 			APIPrefix:    s.APIPrefix,
+			TLS:          l.tls(p, s.tlsFile),
 		}
 	}
 	for name, e := range f.Element {
@@ -223,6 +239,7 @@ func Load(getenv func(string) string, environ []string) (Config, error) {
 			URL:      e.URL,
 			Username: l.fileOr(p+".username", e.Username, e.UsernameFile),
 			Password: handlers.NewSecret(l.fileOr(p+".password", e.Password, e.PasswordFile)),
+			TLS:      l.tls(p, e.tlsFile),
 		}
 	}
 	// The environment describes the default target and wins over the file's. Credentials for
@@ -248,6 +265,7 @@ func Load(getenv func(string) string, environ []string) (Config, error) {
 		}
 		d.TokenURL = cmp.Or(getenv("PAMWORKER_SEGURA_TOKEN_URL"), d.TokenURL)
 		d.APIPrefix = cmp.Or(getenv("PAMWORKER_SEGURA_API_PREFIX"), d.APIPrefix)
+		d.TLS = l.envTLS("PAMWORKER_SEGURA_", d.TLS)
 		c.Segura["default"] = d
 	}
 	if u := getenv("PAMWORKER_ELEMENT_URL"); u != "" || f.Element["default"].URL != "" {
@@ -257,6 +275,7 @@ func Load(getenv func(string) string, environ []string) (Config, error) {
 		if s := l.secret("PAMWORKER_ELEMENT_PASSWORD", "", ""); s != "" {
 			d.Password = handlers.NewSecret(s)
 		}
+		d.TLS = l.envTLS("PAMWORKER_ELEMENT_", d.TLS)
 		c.Element["default"] = d
 	}
 	if l.err != nil {
@@ -476,6 +495,36 @@ func (l *loader) duration(name, fromFile string, def, lo, hi time.Duration) time
 		return def
 	}
 	return d
+}
+
+// tls reads a target's TLS settings from the YAML file.
+func (l *loader) tls(key string, f tlsFile) handlers.TLSFiles {
+	return handlers.TLSFiles{
+		CAFile: f.CAFile, CertFile: f.ClientCertFile, KeyFile: f.ClientKeyFile,
+		InsecureSkipVerify: l.boolean(key+".insecure_skip_verify", f.InsecureSkipVerify),
+	}
+}
+
+// envTLS overlays the environment's TLS settings (prefix PAMWORKER_SEGURA_ ...) on t.
+func (l *loader) envTLS(prefix string, t handlers.TLSFiles) handlers.TLSFiles {
+	t.CAFile = cmp.Or(l.getenv(prefix+"CA_FILE"), t.CAFile)
+	t.CertFile = cmp.Or(l.getenv(prefix+"CLIENT_CERT_FILE"), t.CertFile)
+	t.KeyFile = cmp.Or(l.getenv(prefix+"CLIENT_KEY_FILE"), t.KeyFile)
+	if v := l.getenv(prefix + "INSECURE_SKIP_VERIFY"); v != "" {
+		t.InsecureSkipVerify = l.boolean(prefix+"INSECURE_SKIP_VERIFY", v)
+	}
+	return t
+}
+
+func (l *loader) boolean(name, v string) bool {
+	switch strings.ToLower(strings.TrimSpace(v)) {
+	case "", "false", "0", "no":
+		return false
+	case "true", "1", "yes":
+		return true
+	}
+	l.fail("%s: %q must be true or false", name, v)
+	return false
 }
 
 func (l *loader) level(name, fromFile string) slog.Level {

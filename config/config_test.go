@@ -552,3 +552,28 @@ func TestEventAgeAndTargetRate(t *testing.T) {
 		}
 	}
 }
+
+func TestTLSSettings(t *testing.T) {
+	t.Parallel()
+	c := mustLoad(t, map[string]string{
+		"PAMWORKER_SEGURA_URL": "https://segura.example.com", "PAMWORKER_SEGURA_CLIENT_ID": "id",
+		"PAMWORKER_SEGURA_CLIENT_SECRET": "s", "PAMWORKER_SEGURA_CA_FILE": "/ca.pem",
+		"PAMWORKER_SEGURA_CLIENT_CERT_FILE": "/c.pem", "PAMWORKER_SEGURA_CLIENT_KEY_FILE": "/k.pem",
+		"PAMWORKER_SEGURA_INSECURE_SKIP_VERIFY": "false",
+	})
+	if got := c.Segura["default"].TLS; got.CAFile != "/ca.pem" || got.CertFile != "/c.pem" || got.KeyFile != "/k.pem" || got.InsecureSkipVerify {
+		t.Errorf("TLS = %+v", got)
+	}
+	_, err := load(map[string]string{
+		"PAMWORKER_ELEMENT_URL": "https://mvip/json-rpc/12.0", "PAMWORKER_ELEMENT_USERNAME": "u",
+		"PAMWORKER_ELEMENT_PASSWORD": "p", "PAMWORKER_ELEMENT_INSECURE_SKIP_VERIFY": "maybe",
+	})
+	if err == nil || !strings.Contains(err.Error(), "PAMWORKER_ELEMENT_INSECURE_SKIP_VERIFY") {
+		t.Errorf("bad boolean: %v", err)
+	}
+	path := writeFile(t, "tls.yaml", "element:\n  default:\n    url: https://mvip/json-rpc/12.0\n    username: u\n    password: p\n    ca_file: /e.pem\n    insecure_skip_verify: \"true\"\n")
+	c = mustLoad(t, map[string]string{"PAMWORKER_CONFIG": path})
+	if got := c.Element["default"].TLS; got.CAFile != "/e.pem" || !got.InsecureSkipVerify {
+		t.Errorf("YAML TLS = %+v", got)
+	}
+}

@@ -1,6 +1,7 @@
 package handlers
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -18,6 +19,8 @@ type ClientOptions struct {
 	MaxIdleConns int // idle keep-alive connections kept per host (≈ concurrency)
 	// Wrap, if set, wraps the transport (the worker uses it to count attempts).
 	Wrap func(http.RoundTripper) http.RoundTripper
+	// TLS, if set, replaces the default (system roots, TLS 1.2 at least); see TLSConfig.
+	TLS *tls.Config
 }
 
 // ErrRedirect is returned for any redirect: a PAM API that redirects is misconfigured or
@@ -31,7 +34,7 @@ func NewHTTPClient(o ClientOptions) *http.Client {
 	var rt http.RoundTripper = &http.Transport{
 		Proxy:                 http.ProxyFromEnvironment,
 		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12},
+		TLSClientConfig:       cmp.Or(o.TLS, &tls.Config{MinVersion: tls.VersionTLS12}),
 		ForceAttemptHTTP2:     true,
 		MaxIdleConns:          idle * 2,
 		MaxIdleConnsPerHost:   idle,
@@ -74,6 +77,8 @@ func CallFrom(ctx context.Context) (Call, bool) {
 // TransportError turns an error from http.Client.Do into a RetryableError: a timeout or a
 // connection failure. A redirect means the worker is pointed at the wrong URL (http instead of
 // https, a wrong path, a login page): the target is down for the worker, not the event at fault.
+// A failed TLS handshake or verification marks the target down too: retrying cannot fix an
+// unknown CA or a wrong host name, and no event should fail for it.
 // A cancelled parent context is returned as it is, so the caller sees that it is shutting down
 // rather than a vendor failure.
 func TransportError(ctx context.Context, err error) error {
@@ -82,6 +87,9 @@ func TransportError(ctx context.Context, err error) error {
 	}
 	if errors.Is(ctx.Err(), context.Canceled) {
 		return ctx.Err()
+	}
+	if isTLSFailure(err) {
+		return &TargetDownError{VendorError: VendorError{Code: "tls", Message: "TLS handshake or certificate verification failed"}, Err: err}
 	}
 	var ne net.Error
 	if errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {

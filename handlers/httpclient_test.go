@@ -2,9 +2,11 @@ package handlers_test
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -126,5 +128,28 @@ func TestNewHTTPClientWrapAndCall(t *testing.T) {
 	}
 	if _, ok := handlers.CallFrom(context.Background()); ok {
 		t.Error("CallFrom found a call in an empty context")
+	}
+}
+
+func TestTLSConfigErrors(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	notPEM := dir + "/not.pem"
+	if err := os.WriteFile(notPEM, []byte("hello"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for name, f := range map[string]handlers.TLSFiles{
+		"missing CA file":  {CAFile: dir + "/nope.pem"},
+		"CA file not PEM":  {CAFile: notPEM},
+		"cert without key": {CertFile: notPEM},
+		"bad key pair":     {CertFile: notPEM, KeyFile: notPEM},
+	} {
+		if _, err := handlers.TLSConfig(f); err == nil {
+			t.Errorf("%s: no error", name)
+		}
+	}
+	c, err := handlers.TLSConfig(handlers.TLSFiles{})
+	if err != nil || c.MinVersion != tls.VersionTLS12 || c.InsecureSkipVerify {
+		t.Errorf("default TLS config %+v %v", c, err)
 	}
 }

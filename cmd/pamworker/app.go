@@ -94,7 +94,7 @@ func serve(ctx context.Context, cfg config.Config, withSandbox bool, log *slog.L
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := worker.NewMetrics(reg)
 
-	registry, targets, err := buildHandlers(cfg, metrics)
+	registry, targets, err := buildHandlers(cfg, metrics, log)
 	if err != nil {
 		return err
 	}
@@ -146,15 +146,30 @@ func topology(cfg config.Config) worker.Topology {
 
 // buildHandlers creates one client per configured target, each with an HTTP client whose
 // transport counts attempts, and registers the vendors' actions.
-func buildHandlers(cfg config.Config, m *worker.Metrics) (*handlers.Registry, []string, error) {
-	hc := handlers.NewHTTPClient(handlers.ClientOptions{
-		Timeout:      cfg.HTTPTimeout, // a backstop: each attempt's context carries the real bound
-		MaxIdleConns: cfg.Concurrency,
-		Wrap:         m.InstrumentTransport,
-	})
+func buildHandlers(cfg config.Config, m *worker.Metrics, log *slog.Logger) (*handlers.Registry, []string, error) {
+	client := func(target string, t handlers.TLSFiles) (*http.Client, error) {
+		tc, err := handlers.TLSConfig(t)
+		if err != nil {
+			return nil, fmt.Errorf("%s TLS: %w", target, err)
+		}
+		if t.InsecureSkipVerify {
+			log.Warn("TLS VERIFICATION IS OFF for this target (insecure_skip_verify): anyone on the path can impersonate it and receive its credentials",
+				"target", target)
+		}
+		return handlers.NewHTTPClient(handlers.ClientOptions{
+			Timeout:      cfg.HTTPTimeout, // a backstop: each attempt's context carries the real bound
+			MaxIdleConns: cfg.Concurrency,
+			Wrap:         m.InstrumentTransport,
+			TLS:          tc,
+		}), nil
+	}
 	var labels []string
 	seguras := handlers.Targets[*segura.Client]{}
 	for name, t := range cfg.Segura {
+		hc, err := client("segura/"+name, t.TLS)
+		if err != nil {
+			return nil, nil, err
+		}
 		c, err := segura.New(segura.Config{Name: name, BaseURL: t.URL, APIPrefix: t.APIPrefix, TokenURL: t.TokenURL,
 			ClientID: t.ClientID, ClientSecret: t.ClientSecret, HTTPClient: hc})
 		if err != nil {
@@ -165,6 +180,10 @@ func buildHandlers(cfg config.Config, m *worker.Metrics) (*handlers.Registry, []
 	}
 	elements := handlers.Targets[*element.Client]{}
 	for name, t := range cfg.Element {
+		hc, err := client("element/"+name, t.TLS)
+		if err != nil {
+			return nil, nil, err
+		}
 		c, err := element.New(element.Config{Name: name, URL: t.URL, Username: t.Username, Password: t.Password, HTTPClient: hc})
 		if err != nil {
 			return nil, nil, fmt.Errorf("element target %q: %w", name, err)
