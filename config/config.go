@@ -55,14 +55,16 @@ type Segura struct {
 	TokenURL     string // default URL + /iso/oauth2/token
 	APIPrefix    string // default /api
 	TLS          handlers.TLSFiles
+	Protected    []string // credential ids and username@hostname patterns never acted on
 }
 
 // Element is one Element cluster.
 type Element struct {
-	URL      string
-	Username string
-	Password handlers.Secret
-	TLS      handlers.TLSFiles
+	URL       string
+	Username  string
+	Password  handlers.Secret
+	TLS       handlers.TLSFiles
+	Protected []string // users whose sessions are never deleted (the login itself is added)
 }
 
 // Defaults of the settings that have one.
@@ -100,6 +102,7 @@ var env = map[string]bool{ // name → has a _FILE form
 	"PAMWORKER_SEGURA_CLIENT_KEY_FILE": false, "PAMWORKER_SEGURA_INSECURE_SKIP_VERIFY": false,
 	"PAMWORKER_ELEMENT_CA_FILE": false, "PAMWORKER_ELEMENT_CLIENT_CERT_FILE": false,
 	"PAMWORKER_ELEMENT_CLIENT_KEY_FILE": false, "PAMWORKER_ELEMENT_INSECURE_SKIP_VERIFY": false,
+	"PAMWORKER_SEGURA_PROTECTED_CREDENTIALS": false, "PAMWORKER_ELEMENT_PROTECTED_USERS": false,
 }
 
 // Variables returns the names of every environment variable the worker reads.
@@ -144,13 +147,14 @@ type file struct {
 }
 
 type seguraFile struct {
-	URL              string `yaml:"url"`
-	ClientID         string `yaml:"client_id"`
-	ClientIDFile     string `yaml:"client_id_file"`
-	ClientSecret     string `yaml:"client_secret"`
-	ClientSecretFile string `yaml:"client_secret_file"`
-	TokenURL         string `yaml:"token_url"`
-	APIPrefix        string `yaml:"api_prefix"`
+	URL              string   `yaml:"url"`
+	ClientID         string   `yaml:"client_id"`
+	ClientIDFile     string   `yaml:"client_id_file"`
+	ClientSecret     string   `yaml:"client_secret"`
+	ClientSecretFile string   `yaml:"client_secret_file"`
+	TokenURL         string   `yaml:"token_url"`
+	APIPrefix        string   `yaml:"api_prefix"`
+	Protected        []string `yaml:"protected_credentials"`
 	tlsFile          `yaml:",inline"`
 }
 
@@ -163,11 +167,12 @@ type tlsFile struct {
 }
 
 type elementFile struct {
-	URL          string `yaml:"url"`
-	Username     string `yaml:"username"`
-	UsernameFile string `yaml:"username_file"`
-	Password     string `yaml:"password"`
-	PasswordFile string `yaml:"password_file"`
+	URL          string   `yaml:"url"`
+	Username     string   `yaml:"username"`
+	UsernameFile string   `yaml:"username_file"`
+	Password     string   `yaml:"password"`
+	PasswordFile string   `yaml:"password_file"`
+	Protected    []string `yaml:"protected_users"`
 	tlsFile      `yaml:",inline"`
 }
 
@@ -231,15 +236,17 @@ func Load(getenv func(string) string, environ []string) (Config, error) {
 			TokenURL:     s.TokenURL,
 			APIPrefix:    s.APIPrefix,
 			TLS:          l.tls(p, s.tlsFile),
+			Protected:    s.Protected,
 		}
 	}
 	for name, e := range f.Element {
 		p := "element." + name
 		c.Element[name] = Element{
-			URL:      e.URL,
-			Username: l.fileOr(p+".username", e.Username, e.UsernameFile),
-			Password: handlers.NewSecret(l.fileOr(p+".password", e.Password, e.PasswordFile)),
-			TLS:      l.tls(p, e.tlsFile),
+			URL:       e.URL,
+			Username:  l.fileOr(p+".username", e.Username, e.UsernameFile),
+			Password:  handlers.NewSecret(l.fileOr(p+".password", e.Password, e.PasswordFile)),
+			TLS:       l.tls(p, e.tlsFile),
+			Protected: e.Protected,
 		}
 	}
 	// The environment describes the default target and wins over the file's. Credentials for
@@ -266,6 +273,7 @@ func Load(getenv func(string) string, environ []string) (Config, error) {
 		d.TokenURL = cmp.Or(getenv("PAMWORKER_SEGURA_TOKEN_URL"), d.TokenURL)
 		d.APIPrefix = cmp.Or(getenv("PAMWORKER_SEGURA_API_PREFIX"), d.APIPrefix)
 		d.TLS = l.envTLS("PAMWORKER_SEGURA_", d.TLS)
+		d.Protected = append(d.Protected, list(getenv("PAMWORKER_SEGURA_PROTECTED_CREDENTIALS"))...)
 		c.Segura["default"] = d
 	}
 	if u := getenv("PAMWORKER_ELEMENT_URL"); u != "" || f.Element["default"].URL != "" {
@@ -276,6 +284,7 @@ func Load(getenv func(string) string, environ []string) (Config, error) {
 			d.Password = handlers.NewSecret(s)
 		}
 		d.TLS = l.envTLS("PAMWORKER_ELEMENT_", d.TLS)
+		d.Protected = append(d.Protected, list(getenv("PAMWORKER_ELEMENT_PROTECTED_USERS"))...)
 		c.Element["default"] = d
 	}
 	if l.err != nil {
@@ -495,6 +504,17 @@ func (l *loader) duration(name, fromFile string, def, lo, hi time.Duration) time
 		return def
 	}
 	return d
+}
+
+// list splits an environment list on ";" (Element users can be LDAP DNs, full of commas).
+func list(v string) []string {
+	var out []string
+	for _, item := range strings.Split(v, ";") {
+		if item = strings.TrimSpace(item); item != "" {
+			out = append(out, item)
+		}
+	}
+	return out
 }
 
 // tls reads a target's TLS settings from the YAML file.

@@ -42,7 +42,7 @@ func Start(ctx context.Context, logger *slog.Logger) (*Env, error) {
 	env := &Env{
 		SeguraClientID:     "sandbox-" + randomHex(8),
 		SeguraClientSecret: randomHex(24),
-		ElementUsername:    "admin",
+		ElementUsername:    "pamworker", // a dedicated login, as in production (and protected by the worker)
 		ElementPassword:    randomHex(16),
 		done:               make(chan struct{}),
 	}

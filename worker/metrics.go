@@ -24,6 +24,7 @@ type Metrics struct {
 	targetUp   *prometheus.GaugeVec
 	duplicates *prometheus.CounterVec
 	redeliver  *prometheus.CounterVec
+	protected  *prometheus.CounterVec
 }
 
 // NewMetrics creates the metrics and registers them with reg.
@@ -63,7 +64,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Events handed back to JetStream for later delivery, by reason.",
 		}, []string{"action", "reason"}),
 	}
-	reg.MustRegister(m.processed, m.requests, m.duration, m.retries, m.inFlight, m.targetUp, m.duplicates, m.redeliver)
+	m.protected = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pamworker_protected_refused_total",
+		Help: "Events refused because they act on a protected object.",
+	}, []string{"action"})
+	reg.MustRegister(m.processed, m.requests, m.duration, m.retries, m.inFlight, m.targetUp, m.duplicates, m.redeliver, m.protected)
 	return m
 }
 

@@ -19,27 +19,29 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/pamworker/pamworker/events"
+	"github.com/pamworker/pamworker/guard"
 	"github.com/pamworker/pamworker/handlers"
 )
 
 // Config tunes the worker. Zero values take the defaults in withDefaults.
 type Config struct {
-	Concurrency      int           // events processed at once (default 32)
-	AttemptTimeout   time.Duration // one API attempt (default 10s)
-	MaxEventBytes    int           // larger events are rejected (default 64 KiB)
-	MaxDeliveries    int           // exhausted retry budgets before an event fails (default 5)
-	RetryInitial     time.Duration // first in-process backoff (default 200ms)
-	RetryMaxInterval time.Duration // longest in-process backoff (default 5s)
-	RetryMaxElapsed  time.Duration // in-process retry budget per delivery (default 30s)
-	RedeliveryDelay  time.Duration // nak delay after a spent budget, times the count (default 10s)
-	TargetDownDelay  time.Duration // nak delay while a target refuses the worker (default 15s)
-	AckWait          time.Duration // consumer ack wait; InProgress is sent every third (default 30s)
-	ShutdownTimeout  time.Duration // grace for in-flight events on shutdown (default 20s)
-	MaxEventAge      time.Duration // older events are rejected stale_event (default 1h; <0: never)
-	TargetRate       float64       // API attempts per second per target (default 50)
-	BreakerThreshold int           // consecutive failed attempts that open a target's breaker (default 5; <0: no breaker)
-	BreakerCooldown  time.Duration // first open period; doubles per failed probe (default 5s)
-	BreakerMaxCool   time.Duration // longest open period (default 2m)
+	Concurrency      int             // events processed at once (default 32)
+	AttemptTimeout   time.Duration   // one API attempt (default 10s)
+	MaxEventBytes    int             // larger events are rejected (default 64 KiB)
+	MaxDeliveries    int             // exhausted retry budgets before an event fails (default 5)
+	RetryInitial     time.Duration   // first in-process backoff (default 200ms)
+	RetryMaxInterval time.Duration   // longest in-process backoff (default 5s)
+	RetryMaxElapsed  time.Duration   // in-process retry budget per delivery (default 30s)
+	RedeliveryDelay  time.Duration   // nak delay after a spent budget, times the count (default 10s)
+	TargetDownDelay  time.Duration   // nak delay while a target refuses the worker (default 15s)
+	AckWait          time.Duration   // consumer ack wait; InProgress is sent every third (default 30s)
+	ShutdownTimeout  time.Duration   // grace for in-flight events on shutdown (default 20s)
+	MaxEventAge      time.Duration   // older events are rejected stale_event (default 1h; <0: never)
+	TargetRate       float64         // API attempts per second per target (default 50)
+	BreakerThreshold int             // consecutive failed attempts that open a target's breaker (default 5; <0: no breaker)
+	BreakerCooldown  time.Duration   // first open period; doubles per failed probe (default 5s)
+	BreakerMaxCool   time.Duration   // longest open period (default 2m)
+	Protected        guard.Protected // objects no event may act on
 	Topology         Topology
 	Targets          []string // configured target labels ("segura/default" ...), for target_up
 }
@@ -313,6 +315,13 @@ func (w *Worker) process(soft, hard context.Context, msg jetstream.Msg) {
 		return
 	}
 	if rej := w.stale(msg, ev); rej != nil {
+		w.finish(hard, msg, ev, rejected(ev, rej), start, log)
+		return
+	}
+	if rej := w.cfg.Protected.Check(ev); rej != nil {
+		log.Warn("event against a protected object refused", "target", ev.Target, "reason", rej.Message,
+			"requested_by", ev.RequestedBy, "correlation_id", ev.CorrelationID)
+		w.m.protected.WithLabelValues(actionLabel(ev.Action)).Inc()
 		w.finish(hard, msg, ev, rejected(ev, rej), start, log)
 		return
 	}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/pamworker/pamworker/broker"
 	"github.com/pamworker/pamworker/config"
+	"github.com/pamworker/pamworker/guard"
 	"github.com/pamworker/pamworker/handlers"
 	"github.com/pamworker/pamworker/handlers/element"
 	"github.com/pamworker/pamworker/handlers/segura"
@@ -107,6 +108,7 @@ func serve(ctx context.Context, cfg config.Config, withSandbox bool, log *slog.L
 		AckWait:         cfg.AckWait,
 		ShutdownTimeout: cfg.ShutdownTimeout,
 		MaxEventAge:     cmp.Or(cfg.MaxEventAge, -1), // 0 in the settings: no limit
+		Protected:       protected(cfg),
 		TargetRate:      cfg.TargetRate,
 		Topology:        topology(cfg),
 		Targets:         targets,
@@ -135,6 +137,19 @@ func serve(ctx context.Context, cfg config.Config, withSandbox bool, log *slog.L
 		log.Warn("draining NATS connection", "error", err.Error())
 	}
 	return runErr
+}
+
+// protected collects the protected objects of every target. The Element account the worker logs
+// in as is always protected: deleting its sessions would cut the worker off mid-incident.
+func protected(cfg config.Config) guard.Protected {
+	p := guard.Protected{Credentials: map[string][]string{}, ElementUsers: map[string][]string{}}
+	for name, t := range cfg.Segura {
+		p.Credentials[name] = t.Protected
+	}
+	for name, t := range cfg.Element {
+		p.ElementUsers[name] = append(append([]string(nil), t.Protected...), t.Username)
+	}
+	return p
 }
 
 func topology(cfg config.Config) worker.Topology {

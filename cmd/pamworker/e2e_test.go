@@ -85,7 +85,7 @@ func newRig(t *testing.T) *rig {
 	t.Cleanup(r.nc.Close)
 	r.js, _ = jetstream.New(r.nc)
 	r.segura = sandbox.NewSegura(sandbox.SeguraOptions{ClientID: "e2e", ClientSecret: canarySecret})
-	r.element = sandbox.NewElement(sandbox.ElementOptions{Username: "admin", Password: canaryPassword})
+	r.element = sandbox.NewElement(sandbox.ElementOptions{Username: "pamworker", Password: canaryPassword})
 	ss, es := httptest.NewServer(r.segura), httptest.NewServer(r.element)
 	t.Cleanup(ss.Close)
 	t.Cleanup(es.Close)
@@ -99,7 +99,7 @@ func newRig(t *testing.T) *rig {
 		"PAMWORKER_SEGURA_CLIENT_ID=e2e",
 		"PAMWORKER_SEGURA_CLIENT_SECRET_FILE=" + secretFile,
 		"PAMWORKER_ELEMENT_URL=" + es.URL + "/json-rpc/12.0",
-		"PAMWORKER_ELEMENT_USERNAME=admin",
+		"PAMWORKER_ELEMENT_USERNAME=pamworker",
 		"PAMWORKER_ELEMENT_PASSWORD=" + canaryPassword,
 		"PAMWORKER_LOG_LEVEL=debug",
 	}
@@ -658,5 +658,44 @@ func TestCrashLoop(t *testing.T) {
 	stdout, _, code := send(t, r.env, events.CredentialDisable, `{"credential_id":71}`, "--wait", "20s")
 	if code != 0 {
 		t.Errorf("next event: exit %d\n%s\n%s", code, stdout, w.logs.String())
+	}
+}
+
+// TestProtectedObjects: events against protected credentials — in any spelling — and against
+// the Element account the worker logs in as are refused, logged and counted, with no vendor call.
+func TestProtectedObjects(t *testing.T) {
+	t.Parallel()
+	r := newRig(t)
+	env := append(r.env, "PAMWORKER_SEGURA_PROTECTED_CREDENTIALS=94; breakglass-*@*; admin@web01",
+		"PAMWORKER_ELEMENT_PROTECTED_USERS=CN=Jane Doe,OU=Ops,DC=example,DC=com")
+	w := startWorker(t, env)
+	for _, tc := range []struct{ subject, payload string }{
+		{events.CredentialDisable, `{"credential_id":94}`},
+		{events.CredentialDisable, `{"credential_id":"94"}`},
+		{events.CustodyRelease, `{"credential_id":94}`},
+		{events.CredentialDisable, `{"username":"ADMIN","hostname":"Web01"}`},
+		{events.CredentialDisable, `{"username":"аdmin","hostname":"web01"}`}, // Cyrillic а
+		{events.CredentialDisable, `{"username":"breakglass-2","hostname":"db07"}`},
+		{events.CredentialDisable, `{"credential_id":94,"dry_run":true}`},
+		{events.ElementSessionsDelete, `{"username":"pamworker"}`},
+		{events.ElementSessionsDelete, `{"username":"cn=jane doe,ou=ops,dc=example,dc=com"}`},
+	} {
+		stdout, _, code := send(t, env, tc.subject, tc.payload, "--wait", "20s")
+		if code != 1 || !strings.Contains(stdout, `"code": "protected_object"`) {
+			t.Errorf("%s %s: exit %d, want a protected_object rejection\n%s", tc.subject, tc.payload, code, stdout)
+		}
+	}
+	if n := r.segura.Calls() + r.element.Calls(); n != 0 {
+		t.Errorf("%d vendor calls for protected objects", n)
+	}
+	if m := w.get(t, "/metrics"); !strings.Contains(m, `pamworker_protected_refused_total{action="pam.credential.disable"} 6`) {
+		t.Errorf("protected refusals not counted:\n%s", m)
+	}
+	if !strings.Contains(w.logs.String(), `"level":"WARN","msg":"event against a protected object refused"`) {
+		t.Error("no warning logged")
+	}
+	// Everything else still runs.
+	if _, _, code := send(t, env, events.CredentialDisable, `{"credential_id":96}`, "--wait", "20s"); code != 0 {
+		t.Errorf("unprotected credential: exit %d", code)
 	}
 }

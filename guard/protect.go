@@ -1,0 +1,109 @@
+// Package guard holds pamworker's guardrails: checks that refuse an event before any vendor is
+// called because acting on it would be dangerous, however valid it is. This file protects named
+// objects — break-glass accounts, the worker's own logins — from every action.
+package guard
+
+import (
+	"fmt"
+	"strings"
+	"unicode"
+
+	"golang.org/x/text/unicode/norm"
+
+	"github.com/pamworker/pamworker/events"
+)
+
+// CodeProtected is the rejection code of an event against a protected object.
+const CodeProtected = "protected_object"
+
+// Protected lists what no event may act on, per target.
+type Protected struct {
+	// Credentials of each Segura target: credential ids ("94") and username@hostname
+	// patterns ("root@db01", "breakglass-*@*"; * matches any run of characters).
+	Credentials map[string][]string
+	// Users of each Element target whose sessions must not be deleted.
+	ElementUsers map[string][]string
+}
+
+// Check returns a protected_object rejection if ev acts on a protected object, else nil.
+// Comparison is on skeletons (see skeleton), so a differently cased, padded or look-alike
+// spelling of a protected name is refused too.
+func (p Protected) Check(ev events.Event) *events.Rejection {
+	var (
+		list []string
+		obj  string
+	)
+	switch ev.Action {
+	case events.CredentialDisable, events.CredentialEnable, events.CustodyRelease:
+		list = p.Credentials[ev.Target]
+		if ev.CredentialID > 0 {
+			obj = fmt.Sprint(ev.CredentialID)
+		} else {
+			obj = ev.Username + "@" + ev.Hostname
+		}
+	case events.ElementSessionsDelete:
+		list, obj = p.ElementUsers[ev.Target], ev.Username
+	default:
+		return nil
+	}
+	s := skeleton(obj)
+	for _, entry := range list {
+		if match(skeleton(entry), s) {
+			return &events.Rejection{Code: CodeProtected, Message: fmt.Sprintf(
+				"%s is protected on %s target %q (matches %q); pamworker never acts on it", ev.Object(), vendorOf(ev.Action), ev.Target, entry)}
+		}
+	}
+	return nil
+}
+
+func vendorOf(action string) string {
+	if strings.HasPrefix(action, "element.") {
+		return "element"
+	}
+	return "segura"
+}
+
+// skeleton reduces a name to what a person would read: surrounding space removed, Unicode
+// compatibility forms folded (NFKC: full-width letters, ligatures), case folded, and letters
+// that look like Latin ones (Cyrillic а, Greek ο ...) mapped to them, so "ＡＤＭＩＮ",
+// " Admin " and "аdmin" all read as "admin".
+func skeleton(s string) string {
+	s = norm.NFKC.String(strings.TrimSpace(s))
+	var b strings.Builder
+	for _, r := range s {
+		r = unicode.ToLower(r)
+		if l, ok := lookAlikes[r]; ok {
+			r = l
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
+// lookAlikes maps lower-case Cyrillic and Greek letters that render like Latin letters.
+var lookAlikes = map[rune]rune{
+	'а': 'a', 'в': 'b', 'е': 'e', 'ё': 'e', 'к': 'k', 'м': 'm', 'н': 'h', 'о': 'o', 'р': 'p', 'с': 'c',
+	'т': 't', 'у': 'y', 'х': 'x', 'і': 'i', 'ї': 'i', 'ј': 'j', 'ѕ': 's', 'ԁ': 'd', 'ԛ': 'q', 'ԝ': 'w',
+	'α': 'a', 'β': 'b', 'ε': 'e', 'η': 'n', 'ι': 'i', 'κ': 'k', 'ν': 'v', 'ο': 'o', 'ρ': 'p', 'τ': 't',
+	'υ': 'u', 'χ': 'x', 'ɑ': 'a', 'ı': 'i', 'ℓ': 'l',
+}
+
+// match reports whether s matches pattern, where * matches any run of characters.
+func match(pattern, s string) bool {
+	parts := strings.Split(pattern, "*")
+	if len(parts) == 1 {
+		return pattern == s
+	}
+	if !strings.HasPrefix(s, parts[0]) {
+		return false
+	}
+	s = s[len(parts[0]):]
+	for _, mid := range parts[1 : len(parts)-1] {
+		i := strings.Index(s, mid)
+		if i < 0 {
+			return false
+		}
+		s = s[i+len(mid):]
+	}
+	return strings.HasSuffix(s, parts[len(parts)-1])
+}

@@ -1,0 +1,66 @@
+package guard
+
+import (
+	"testing"
+
+	"github.com/pamworker/pamworker/events"
+)
+
+func TestProtected(t *testing.T) {
+	t.Parallel()
+	p := Protected{
+		Credentials:  map[string][]string{"default": {"94", "root@db01", "breakglass-*@*"}},
+		ElementUsers: map[string][]string{"default": {"admin", "CN=Jane Doe,OU=Ops,DC=example,DC=com"}},
+	}
+	cred := func(id int64, user, host string) events.Event {
+		return events.Event{Action: events.CredentialDisable, Target: "default", CredentialID: id, Username: user, Hostname: host}
+	}
+	elem := func(user string) events.Event {
+		return events.Event{Action: events.ElementSessionsDelete, Target: "default", Username: user}
+	}
+	for _, tc := range []struct {
+		name      string
+		ev        events.Event
+		protected bool
+	}{
+		{"id", cred(94, "", ""), true},
+		{"other id", cred(95, "", ""), false},
+		{"id on another target", events.Event{Action: events.CredentialEnable, Target: "branch", CredentialID: 94}, false},
+		{"name", cred(0, "root", "db01"), true},
+		{"name in capitals", cred(0, "ROOT", "DB01"), true},
+		{"name with spaces", cred(0, " root", "db01 "), true},
+		{"name with a Cyrillic о", cred(0, "rоot", "db01"), true},
+		{"full-width name", cred(0, "ｒｏｏｔ", "ｄｂ０１"), true},
+		{"pattern", cred(0, "breakglass-7", "anyhost"), true},
+		{"near the pattern", cred(0, "breakglass7", "anyhost"), false},
+		{"custody release is guarded too", events.Event{Action: events.CustodyRelease, Target: "default", CredentialID: 94}, true},
+		{"element user", elem("admin"), true},
+		{"element user, look-alike", elem("аdmіn"), true},
+		{"element LDAP DN in another case", elem("cn=jane doe,ou=ops,dc=example,dc=com"), true},
+		{"other element user", elem("operator"), false},
+		{"session drop is not guarded here", events.Event{Action: events.SessionDrop, Target: "default", SessionID: "admin"}, false},
+	} {
+		rej := p.Check(tc.ev)
+		if got := rej != nil; got != tc.protected {
+			t.Errorf("%s: protected = %v (%v), want %v", tc.name, got, rej, tc.protected)
+		}
+		if rej != nil && rej.Code != CodeProtected {
+			t.Errorf("%s: code %q", tc.name, rej.Code)
+		}
+	}
+}
+
+func TestMatch(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		pattern, s string
+		want       bool
+	}{
+		{"a", "a", true}, {"a", "ab", false}, {"a*", "abc", true}, {"*c", "abc", true}, {"a*c", "abc", true},
+		{"a*c", "ac", true}, {"a*b*c", "axbyc", true}, {"a*b*c", "axcyb", false}, {"*", "", true}, {"*@db*", "root@db01", true},
+	} {
+		if got := match(tc.pattern, tc.s); got != tc.want {
+			t.Errorf("match(%q, %q) = %v", tc.pattern, tc.s, got)
+		}
+	}
+}
