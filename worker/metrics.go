@@ -25,6 +25,7 @@ type Metrics struct {
 	duplicates *prometheus.CounterVec
 	redeliver  *prometheus.CounterVec
 	protected  *prometheus.CounterVec
+	paused     prometheus.Gauge
 }
 
 // NewMetrics creates the metrics and registers them with reg.
@@ -68,7 +69,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Name: "pamworker_protected_refused_total",
 		Help: "Events refused because they act on a protected object.",
 	}, []string{"action"})
-	reg.MustRegister(m.processed, m.requests, m.duration, m.retries, m.inFlight, m.targetUp, m.duplicates, m.redeliver, m.protected)
+	m.paused = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "pamworker_paused",
+		Help: "1 while an operator has paused consumption (pamworker pause).",
+	})
+	reg.MustRegister(m.processed, m.requests, m.duration, m.retries, m.inFlight, m.targetUp, m.duplicates, m.redeliver, m.protected, m.paused)
 	return m
 }
 

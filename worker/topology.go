@@ -177,6 +177,9 @@ func setup(ctx context.Context, js jetstream.JetStream, t Topology, c ConsumerSe
 
 // ensureConsumer creates or updates the durable consumer shared by every replica.
 func ensureConsumer(ctx context.Context, js jetstream.JetStream, t Topology, c ConsumerSettings) (jetstream.Consumer, error) {
+	// An operator's pause (pamworker pause) survives this update at every worker start: the
+	// server keeps an existing consumer's PauseUntil on update (nats-server jetstream_api.go,
+	// "don't allow updating the PauseUntil"); TestPauseResume restarts a worker to prove it.
 	cons, err := js.CreateOrUpdateConsumer(ctx, t.EventsStream, jetstream.ConsumerConfig{
 		Durable:     t.Consumer,
 		Description: "pamworker: shared by every replica",

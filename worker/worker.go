@@ -83,6 +83,7 @@ type Worker struct {
 
 	ledger    *ledger
 	consuming atomic.Bool
+	paused    atomic.Pointer[time.Time] // until when an operator paused consumption; nil if not
 	// firstFromStream: the events stream's duplicate window covers the ledger's TTL, so a
 	// first delivery whose Nats-Msg-Id is its event id cannot have an earlier twin (the stream
 	// would have dropped it) and needs no ledger read.
@@ -157,6 +158,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	var iterMu sync.Mutex // guards iter against the shutdown hook while it is replaced
 	w.consuming.Store(true)
+	go w.watchPause(ctx, cons)
 	w.log.Info("consuming", "stream", w.cfg.Topology.EventsStream, "consumer", w.cfg.Topology.Consumer,
 		"concurrency", w.cfg.Concurrency)
 
@@ -252,6 +254,37 @@ func (w *Worker) Run(ctx context.Context) error {
 	return nil
 }
 
+// watchPause follows the consumer's pause state (pamworker pause / resume) for /readyz, the
+// pamworker_paused gauge and one log line per change. A paused consumer delivers nothing; its
+// events wait in the stream.
+func (w *Worker) watchPause(ctx context.Context, cons jetstream.Consumer) {
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		if info, err := cons.Info(ctx); err == nil {
+			was := w.paused.Load() != nil
+			if info.Paused && info.Config.PauseUntil != nil {
+				w.paused.Store(info.Config.PauseUntil)
+				w.m.paused.Set(1)
+				if !was {
+					w.log.Warn("consumption paused by an operator; events wait in the stream", "until", info.Config.PauseUntil.UTC())
+				}
+			} else {
+				w.paused.Store(nil)
+				w.m.paused.Set(0)
+				if was {
+					w.log.Info("consumption resumed")
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
 // reopen recreates the durable consumer and a message iterator on it.
 func (w *Worker) reopen(ctx context.Context, settings ConsumerSettings) (jetstream.MessagesContext, error) {
 	cons, err := ensureConsumer(ctx, w.js, w.cfg.Topology, settings)
@@ -272,6 +305,9 @@ func (w *Worker) Ready() (bool, []string) {
 		why = append(why, "not consuming")
 	}
 	ready := len(why) == 0
+	if until := w.paused.Load(); until != nil {
+		why = append(why, "paused by an operator until "+until.UTC().Format(time.RFC3339)+"; run pamworker resume")
+	}
 	for t, desc := range w.targets.downList() {
 		why = append(why, "target "+t+" "+desc)
 	}

@@ -699,3 +699,51 @@ func TestProtectedObjects(t *testing.T) {
 		t.Errorf("unprotected credential: exit %d", code)
 	}
 }
+
+// TestPauseResume: the kill switch stops every action without losing one, survives a worker
+// restart, shows on /readyz and in pamworker_paused, and resume lets everything through.
+func TestPauseResume(t *testing.T) {
+	t.Parallel()
+	r := newRig(t)
+	w := startWorker(t, r.env)
+	run := func(args ...string) (string, int) {
+		cmd := exec.Command(binary(t), args...)
+		cmd.Env = append(baseEnv(), r.env...)
+		out, _ := cmd.CombinedOutput()
+		return string(out), cmd.ProcessState.ExitCode()
+	}
+	if out, code := run("pause"); code != 0 || !strings.Contains(out, "paused") {
+		t.Fatalf("pause: exit %d %s", code, out)
+	}
+	const n = 20
+	for i := range n {
+		id := fmt.Sprintf("paused-%02d", i)
+		if _, err := r.js.Publish(context.Background(), events.CredentialDisable,
+			[]byte(fmt.Sprintf(`{"event_id":%q,"credential_id":%d}`, id, 10+i)), jetstream.WithMsgID(id)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitUntil(t, 10*time.Second, func() bool { return strings.Contains(w.get(t, "/readyz"), "paused by an operator") })
+	if !strings.Contains(w.get(t, "/metrics"), "pamworker_paused 1") {
+		t.Error("pamworker_paused is not 1")
+	}
+	// A restarted worker stays paused.
+	_ = w.cmd.Process.Signal(syscall.SIGTERM)
+	w.done <- <-w.done
+	w = startWorker(t, r.env)
+	time.Sleep(2 * time.Second)
+	if n := r.segura.Calls(); n != 0 {
+		t.Fatalf("%d vendor calls while paused", n)
+	}
+	if out, code := run("resume"); code != 0 || !strings.Contains(out, "resumed") {
+		t.Fatalf("resume: exit %d %s", code, out)
+	}
+	waitUntil(t, 30*time.Second, func() bool {
+		rs, err := r.js.Stream(context.Background(), "PAMWORKER_RESULTS")
+		return err == nil && rs.CachedInfo().State.Msgs >= n
+	})
+	if n := r.segura.Calls(); n != 20 {
+		t.Errorf("%d vendor calls after resume, want 20", n)
+	}
+	waitUntil(t, 10*time.Second, func() bool { return !strings.Contains(w.get(t, "/readyz"), "paused") })
+}
