@@ -718,3 +718,49 @@ func TestFailedEventKept(t *testing.T) {
 		t.Errorf("replayed result details = %v, want replay_of %s", r.Details, id)
 	}
 }
+
+// TestDryRunEveryAction: a dry run of each of the five actions changes nothing — Segura is not
+// called at all (the exact request is reported instead), Element only through the read-only
+// ListAuthSessionsByUsername — and nothing ever asks Segura for a credential (GET would grant
+// custody and reveal the secret).
+func TestDryRunEveryAction(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{})
+	session := b.segura.AddSession()
+	for _, tc := range []struct{ subject, payload, wantURL string }{
+		{events.SessionDrop, `{"session_id":"` + session + `","dry_run":true}`, "DELETE /api/pam/session/drop/" + session},
+		{events.CredentialDisable, `{"credential_id":94,"dry_run":true}`, "DELETE /api/pam/credential/94"},
+		{events.CredentialDisable, `{"username":"root","hostname":"db01","dry_run":true}`, "DELETE /api/pam/credential/root@db01"},
+		{events.CredentialEnable, `{"credential_id":94,"dry_run":true}`, "PUT /api/pam/credential/94"},
+		{events.CustodyRelease, `{"credential_id":94,"dry_run":true}`, "DELETE /api/pam/credential/custody/94"},
+		{events.ElementSessionsDelete, `{"username":"admin","dry_run":true}`, ""},
+	} {
+		r := b.result(t, b.send(t, tc.subject, tc.payload))
+		if r.Status != events.Succeeded || !r.DryRun {
+			t.Errorf("%s: %+v", tc.subject, r)
+			continue
+		}
+		if tc.wantURL != "" {
+			method, path, _ := strings.Cut(tc.wantURL, " ")
+			req, _ := r.Details["request"].(map[string]any)
+			if req["method"] != method || !strings.HasSuffix(fmt.Sprint(req["url"]), path) {
+				t.Errorf("%s: reported request %v, want %s", tc.subject, req, tc.wantURL)
+			}
+		}
+	}
+	if n := b.segura.Calls(); n != 0 {
+		t.Errorf("dry runs called Segura %d times", n)
+	}
+	if n := b.segura.CallsTo("GET", "/pam/credential"); n != 0 {
+		t.Errorf("a credential was fetched %d times", n)
+	}
+	if del, list := b.element.CallsTo("DeleteAuthSessionsByUsername"), b.element.CallsTo("ListAuthSessionsByUsername"); del != 0 || list != 1 {
+		t.Errorf("Element: %d deletes, %d lists; want 0 and 1", del, list)
+	}
+	if !b.segura.SessionOpen(session) || b.element.Sessions("admin") != 2 {
+		t.Error("a dry run changed state")
+	}
+	if active, custody, _ := b.segura.Credential(94); !active || !custody {
+		t.Error("credential 94 changed")
+	}
+}
