@@ -38,9 +38,12 @@ type Config struct {
 	AckWait         time.Duration
 	DedupTTL        time.Duration
 	ShutdownTimeout time.Duration
-	MaxEventAge     time.Duration // 0: no limit
-	TargetRate      float64       // API attempts per second per target
-	StreamReplicas  int           // replicas of the streams and bucket the worker creates
+	MaxEventAge     time.Duration   // 0: no limit
+	TargetRate      float64         // API attempts per second per target
+	StreamReplicas  int             // replicas of the streams and bucket the worker creates
+	SignedSubjects  []string        // subject patterns whose events must be signed
+	SigningKeys     handlers.Secret // whsec_/whpk_ keys, separated by ";" or white space
+	SignatureAge    time.Duration   // tolerance of a signature's timestamp
 	LogLevel        slog.Level
 
 	Segura  map[string]Segura  // by target name; "default" from the environment
@@ -103,6 +106,7 @@ var env = map[string]bool{ // name → has a _FILE form
 	"PAMWORKER_ELEMENT_CA_FILE": false, "PAMWORKER_ELEMENT_CLIENT_CERT_FILE": false,
 	"PAMWORKER_ELEMENT_CLIENT_KEY_FILE": false, "PAMWORKER_ELEMENT_INSECURE_SKIP_VERIFY": false,
 	"PAMWORKER_SEGURA_PROTECTED_CREDENTIALS": false, "PAMWORKER_ELEMENT_PROTECTED_USERS": false,
+	"PAMWORKER_SIGNED_SUBJECTS": false, "PAMWORKER_SIGNING_KEYS": true, "PAMWORKER_SIGNATURE_TOLERANCE": false,
 }
 
 // Variables returns the names of every environment variable the worker reads.
@@ -141,6 +145,10 @@ type file struct {
 	MaxEventAge     string                 `yaml:"max_event_age"`
 	TargetRate      string                 `yaml:"target_rate"`
 	StreamReplicas  string                 `yaml:"stream_replicas"`
+	SignedSubjects  []string               `yaml:"signed_subjects"`
+	SigningKeys     string                 `yaml:"signing_keys"`
+	SigningKeysFile string                 `yaml:"signing_keys_file"`
+	SignatureAge    string                 `yaml:"signature_tolerance"`
 	LogLevel        string                 `yaml:"log_level"`
 	Segura          map[string]seguraFile  `yaml:"segura"`
 	Element         map[string]elementFile `yaml:"element"`
@@ -223,6 +231,9 @@ func Load(getenv func(string) string, environ []string) (Config, error) {
 		MaxEventAge:     l.duration("PAMWORKER_MAX_EVENT_AGE", f.MaxEventAge, DefaultMaxEventAge, 0, 30*24*time.Hour),
 		TargetRate:      float64(l.integer("PAMWORKER_TARGET_RATE", f.TargetRate, DefaultTargetRate, 1, 10000)),
 		StreamReplicas:  l.integer("PAMWORKER_STREAM_REPLICAS", f.StreamReplicas, DefaultStreamReplicas, 1, 5),
+		SignedSubjects:  append(f.SignedSubjects, commaList(getenv("PAMWORKER_SIGNED_SUBJECTS"))...),
+		SigningKeys:     handlers.NewSecret(l.secret("PAMWORKER_SIGNING_KEYS", f.SigningKeys, f.SigningKeysFile)),
+		SignatureAge:    l.duration("PAMWORKER_SIGNATURE_TOLERANCE", f.SignatureAge, 5*time.Minute, time.Second, time.Hour),
 		LogLevel:        l.level("PAMWORKER_LOG_LEVEL", f.LogLevel),
 		Segura:          map[string]Segura{},
 		Element:         map[string]Element{},
@@ -504,6 +515,17 @@ func (l *loader) duration(name, fromFile string, def, lo, hi time.Duration) time
 		return def
 	}
 	return d
+}
+
+// commaList splits a comma-separated environment list.
+func commaList(v string) []string {
+	var out []string
+	for _, item := range strings.Split(v, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			out = append(out, item)
+		}
+	}
+	return out
 }
 
 // list splits an environment list on ";" (Element users can be LDAP DNs, full of commas).

@@ -42,6 +42,7 @@ type Config struct {
 	BreakerCooldown  time.Duration   // first open period; doubles per failed probe (default 5s)
 	BreakerMaxCool   time.Duration   // longest open period (default 2m)
 	Protected        guard.Protected // objects no event may act on
+	Signatures       *guard.Verifier // subjects whose events must be signed; nil: none
 	Topology         Topology
 	Targets          []string // configured target labels ("segura/default" ...), for target_up
 }
@@ -341,6 +342,12 @@ func (w *Worker) process(soft, hard context.Context, msg jetstream.Msg) {
 			w.answerDuplicate(hard, msg, ev, raw, log)
 			return
 		}
+	}
+	// A signature is checked on the bytes as they arrived, before anything in them is trusted.
+	if rej := w.cfg.Signatures.Check(msg.Subject(), msg.Headers().Get, msg.Data(), ev.ID); rej != nil {
+		log.Warn("event refused: signature", "code", rej.Code, "reason", rej.Message)
+		w.finish(hard, msg, ev, rejected(ev, rej), start, log)
+		return
 	}
 	var rej *events.Rejection
 	if errors.As(decodeErr, &rej) {

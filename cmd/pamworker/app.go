@@ -11,7 +11,9 @@ import (
 	"net/http"
 	"path/filepath"
 	"sort"
+	"strings"
 	"time"
+	"unicode"
 
 	"github.com/oklog/ulid/v2"
 	"github.com/prometheus/client_golang/prometheus"
@@ -99,7 +101,19 @@ func serve(ctx context.Context, cfg config.Config, withSandbox bool, log *slog.L
 	if err != nil {
 		return err
 	}
+	verifier, err := guard.NewVerifier(guard.Signing{
+		Subjects:  cfg.SignedSubjects,
+		Keys:      strings.FieldsFunc(cfg.SigningKeys.Reveal(), func(r rune) bool { return r == ';' || unicode.IsSpace(r) }),
+		Tolerance: cfg.SignatureAge,
+	})
+	if err != nil {
+		return fmt.Errorf("PAMWORKER_SIGNING_KEYS: %w", err)
+	}
+	if len(cfg.SignedSubjects) > 0 {
+		log.Info("events on these subjects must be signed", "subjects", cfg.SignedSubjects)
+	}
 	w, err := worker.New(nc, registry, metrics, log, newEventID, worker.Config{
+		Signatures:      verifier,
 		Concurrency:     cfg.Concurrency,
 		AttemptTimeout:  cfg.HTTPTimeout,
 		MaxEventBytes:   cfg.MaxEventBytes,

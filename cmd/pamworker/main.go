@@ -31,7 +31,9 @@ const (
 
 const usage = `usage:
   pamworker [run] [--sandbox]                      run the worker
-  pamworker send SUBJECT 'JSON' [--wait DURATION]  publish one event; with --wait print its result
+  pamworker send SUBJECT 'JSON' [--wait DURATION] [--sign-key-file PATH]
+                                                   publish one event (signed with the key in PATH);
+                                                   with --wait print its result
   pamworker failed list [--action SUBJECT] [--code CODE] [--limit N] [--json]
                                                    list failed events kept for replay, newest first
                                                    (--limit default 50, 0 for all)

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"strings"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 	"github.com/pamworker/pamworker/broker"
 	"github.com/pamworker/pamworker/config"
 	"github.com/pamworker/pamworker/events"
+	"github.com/pamworker/pamworker/guard"
 	"github.com/pamworker/pamworker/worker"
 )
 
@@ -26,6 +28,7 @@ type sendArgs struct {
 	subject string
 	payload []byte
 	wait    time.Duration
+	signKey string // path of a file holding a whsec_ or whsk_ key
 }
 
 func parseSendArgs(args []string) (sendArgs, error) {
@@ -37,6 +40,16 @@ func parseSendArgs(args []string) (sendArgs, error) {
 		switch {
 		case !strings.HasPrefix(arg, "-") || arg == "-":
 			pos = append(pos, arg)
+			continue
+		case name == "sign-key-file":
+			if !hasVal {
+				if i+1 >= len(args) {
+					return a, errors.New("--sign-key-file needs a path")
+				}
+				i++
+				val = args[i]
+			}
+			a.signKey = val
 			continue
 		case name != "wait":
 			return a, fmt.Errorf("unknown flag %s", arg)
@@ -77,6 +90,22 @@ func runSend(ctx context.Context, args []string, getenv func(string) string, env
 	defer nc.Close()
 
 	id, payload, replyTo := prepare(a.payload, a.wait > 0)
+	header := nats.Header{jetstream.MsgIDHeader: []string{id}}
+	if a.signKey != "" {
+		key, err := os.ReadFile(a.signKey)
+		if err != nil {
+			fmt.Fprintln(stderr, "pamworker send: --sign-key-file:", err)
+			return exitUsage
+		}
+		sig, err := guard.Sign(strings.TrimSpace(string(key)), id, time.Now(), payload)
+		if err != nil {
+			fmt.Fprintln(stderr, "pamworker send: --sign-key-file:", err)
+			return exitUsage
+		}
+		for k, v := range sig {
+			header.Set(k, v)
+		}
+	}
 	var inbox *nats.Subscription
 	if replyTo != "" {
 		if inbox, err = nc.SubscribeSync(replyTo); err != nil {
@@ -86,11 +115,7 @@ func runSend(ctx context.Context, args []string, getenv func(string) string, env
 		defer inbox.Unsubscribe()
 	}
 	sent := time.Now()
-	ack, err := js.PublishMsg(ctx, &nats.Msg{
-		Subject: a.subject,
-		Header:  nats.Header{jetstream.MsgIDHeader: []string{id}},
-		Data:    payload,
-	})
+	ack, err := js.PublishMsg(ctx, &nats.Msg{Subject: a.subject, Header: header, Data: payload})
 	if err != nil {
 		fmt.Fprintf(stderr, "pamworker send: publish to %s: %v\n", a.subject, err)
 		return exitUsage
