@@ -27,6 +27,7 @@ import (
 // Config is every setting of the worker, resolved.
 type Config struct {
 	NATSURL         handlers.Secret // empty: start the embedded server (a URL may hold a password)
+	NATSAuth        NATSAuth        // how the worker proves who it is to NATS
 	NATSListen      string          // embedded server's client address
 	DataDir         string          // embedded server's file store
 	HTTPAddr        string          // /metrics, /healthz, /readyz
@@ -48,6 +49,17 @@ type Config struct {
 
 	Segura  map[string]Segura  // by target name; "default" from the environment
 	Element map[string]Element // by target name
+}
+
+// NATSAuth is the worker's NATS identity: at most one of a credentials file (JWT + nkey), an
+// nkey seed file, a user and password, or a token; and TLS for the connection.
+type NATSAuth struct {
+	CredsFile    string
+	NkeySeedFile string
+	User         string
+	Password     handlers.Secret
+	Token        handlers.Secret
+	TLS          handlers.TLSFiles
 }
 
 // Segura is one Segura instance.
@@ -106,7 +118,11 @@ var env = map[string]bool{ // name → has a _FILE form
 	"PAMWORKER_ELEMENT_CA_FILE": false, "PAMWORKER_ELEMENT_CLIENT_CERT_FILE": false,
 	"PAMWORKER_ELEMENT_CLIENT_KEY_FILE": false, "PAMWORKER_ELEMENT_INSECURE_SKIP_VERIFY": false,
 	"PAMWORKER_SEGURA_PROTECTED_CREDENTIALS": false, "PAMWORKER_ELEMENT_PROTECTED_USERS": false,
-	"PAMWORKER_SIGNED_SUBJECTS": false, "PAMWORKER_SIGNING_KEYS": true, "PAMWORKER_SIGNATURE_TOLERANCE": false,
+	"PAMWORKER_NATS_CREDS_FILE": false, "PAMWORKER_NATS_NKEY_SEED_FILE": false, "PAMWORKER_NATS_USER": false,
+	"PAMWORKER_NATS_PASSWORD": true, "PAMWORKER_NATS_TOKEN": true, "PAMWORKER_NATS_CA_FILE": false,
+	"PAMWORKER_NATS_CLIENT_CERT_FILE": false, "PAMWORKER_NATS_CLIENT_KEY_FILE": false,
+	"PAMWORKER_NATS_INSECURE_SKIP_VERIFY": false,
+	"PAMWORKER_SIGNED_SUBJECTS":           false, "PAMWORKER_SIGNING_KEYS": true, "PAMWORKER_SIGNATURE_TOLERANCE": false,
 }
 
 // Variables returns the names of every environment variable the worker reads.
@@ -131,6 +147,7 @@ var serviceLink = regexp.MustCompile(`^PAMWORKER(_[A-Z0-9_]+)?_(SERVICE_HOST|SER
 type file struct {
 	NATSURL         string                 `yaml:"nats_url"`
 	NATSURLFile     string                 `yaml:"nats_url_file"`
+	NATS            natsFile               `yaml:"nats"`
 	NATSListen      string                 `yaml:"nats_listen"`
 	DataDir         string                 `yaml:"data_dir"`
 	HTTPAddr        string                 `yaml:"http_addr"`
@@ -164,6 +181,18 @@ type seguraFile struct {
 	APIPrefix        string   `yaml:"api_prefix"`
 	Protected        []string `yaml:"protected_credentials"`
 	tlsFile          `yaml:",inline"`
+}
+
+// natsFile is the NATS identity in the YAML file.
+type natsFile struct {
+	CredsFile    string `yaml:"creds_file"`
+	NkeySeedFile string `yaml:"nkey_seed_file"`
+	User         string `yaml:"user"`
+	Password     string `yaml:"password"`
+	PasswordFile string `yaml:"password_file"`
+	Token        string `yaml:"token"`
+	TokenFile    string `yaml:"token_file"`
+	tlsFile      `yaml:",inline"`
 }
 
 // tlsFile is the TLS part of a target in the YAML file.
@@ -216,7 +245,15 @@ func Load(getenv func(string) string, environ []string) (Config, error) {
 	}
 	l := loader{getenv: getenv}
 	c := Config{
-		NATSURL:         handlers.NewSecret(l.secret("PAMWORKER_NATS_URL", f.NATSURL, f.NATSURLFile)),
+		NATSURL: handlers.NewSecret(l.secret("PAMWORKER_NATS_URL", f.NATSURL, f.NATSURLFile)),
+		NATSAuth: NATSAuth{
+			CredsFile:    cmp.Or(getenv("PAMWORKER_NATS_CREDS_FILE"), f.NATS.CredsFile),
+			NkeySeedFile: cmp.Or(getenv("PAMWORKER_NATS_NKEY_SEED_FILE"), f.NATS.NkeySeedFile),
+			User:         cmp.Or(getenv("PAMWORKER_NATS_USER"), f.NATS.User),
+			Password:     handlers.NewSecret(l.secret("PAMWORKER_NATS_PASSWORD", f.NATS.Password, f.NATS.PasswordFile)),
+			Token:        handlers.NewSecret(l.secret("PAMWORKER_NATS_TOKEN", f.NATS.Token, f.NATS.TokenFile)),
+			TLS:          l.envTLS("PAMWORKER_NATS_", l.tls("nats", f.NATS.tlsFile)),
+		},
 		NATSListen:      cmp.Or(getenv("PAMWORKER_NATS_LISTEN"), f.NATSListen, DefaultNATSListen),
 		DataDir:         cmp.Or(getenv("PAMWORKER_DATA_DIR"), f.DataDir, DefaultDataDir),
 		HTTPAddr:        cmp.Or(getenv("PAMWORKER_HTTP_ADDR"), f.HTTPAddr, DefaultHTTPAddr),
@@ -306,6 +343,21 @@ func Load(getenv func(string) string, environ []string) (Config, error) {
 
 // validate checks what Load could not check one value at a time.
 func (c Config) validate() error {
+	a := c.NATSAuth
+	ways := 0
+	for _, set := range []bool{a.CredsFile != "", a.NkeySeedFile != "", a.User != "" || !a.Password.IsZero(), !a.Token.IsZero()} {
+		if set {
+			ways++
+		}
+	}
+	switch {
+	case ways > 1:
+		return errors.New("PAMWORKER_NATS_*: give one NATS identity: a credentials file, an nkey seed, a user and password, or a token")
+	case (a.User == "") != a.Password.IsZero():
+		return errors.New("PAMWORKER_NATS_USER and PAMWORKER_NATS_PASSWORD go together")
+	case ways > 0 && c.NATSURL.IsZero():
+		return errors.New("PAMWORKER_NATS_*: an identity needs PAMWORKER_NATS_URL (the embedded server has no users)")
+	}
 	if c.NATSURL.IsZero() {
 		if _, _, err := net.SplitHostPort(c.NATSListen); err != nil {
 			return fmt.Errorf("PAMWORKER_NATS_LISTEN: %q is not host:port", c.NATSListen)

@@ -577,3 +577,35 @@ func TestTLSSettings(t *testing.T) {
 		t.Errorf("YAML TLS = %+v", got)
 	}
 }
+
+func TestNATSIdentity(t *testing.T) {
+	t.Parallel()
+	url := map[string]string{"PAMWORKER_NATS_URL": "nats://nats:4222"}
+	with := func(extra map[string]string) map[string]string {
+		m := map[string]string{}
+		for k, v := range url {
+			m[k] = v
+		}
+		for k, v := range extra {
+			m[k] = v
+		}
+		return m
+	}
+	c := mustLoad(t, with(map[string]string{"PAMWORKER_NATS_NKEY_SEED_FILE": "/s.nk", "PAMWORKER_NATS_CA_FILE": "/ca.pem"}))
+	if c.NATSAuth.NkeySeedFile != "/s.nk" || c.NATSAuth.TLS.CAFile != "/ca.pem" {
+		t.Errorf("NATSAuth = %+v", c.NATSAuth)
+	}
+	c = mustLoad(t, with(map[string]string{"PAMWORKER_NATS_USER": "w", "PAMWORKER_NATS_PASSWORD": "canary-nats-pw"}))
+	if c.NATSAuth.User != "w" || c.NATSAuth.Password.Reveal() != "canary-nats-pw" {
+		t.Errorf("user/password = %+v", c.NATSAuth)
+	}
+	for name, vars := range map[string]map[string]string{
+		"two identities":        with(map[string]string{"PAMWORKER_NATS_CREDS_FILE": "/c.creds", "PAMWORKER_NATS_TOKEN": "t"}),
+		"user without password": with(map[string]string{"PAMWORKER_NATS_USER": "w"}),
+		"identity without URL":  {"PAMWORKER_NATS_TOKEN": "t"},
+	} {
+		if _, err := load(vars); err == nil || !strings.Contains(err.Error(), "PAMWORKER_NATS") {
+			t.Errorf("%s: %v, want an error naming the NATS settings", name, err)
+		}
+	}
+}

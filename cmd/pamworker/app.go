@@ -15,6 +15,7 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/nats-io/nats.go"
 	"github.com/oklog/ulid/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -86,7 +87,11 @@ func serve(ctx context.Context, cfg config.Config, withSandbox bool, log *slog.L
 		urls = ns.ClientURL()
 		log.Info("embedded NATS server with JetStream started", "url", urls, "data_dir", dir)
 	}
-	nc, err := broker.Connect(urls, "pamworker", log)
+	auth, err := natsOptions(cfg.NATSAuth, log)
+	if err != nil {
+		return err
+	}
+	nc, err := broker.Connect(urls, "pamworker", log, auth...)
 	if err != nil {
 		return err
 	}
@@ -151,6 +156,36 @@ func serve(ctx context.Context, cfg config.Config, withSandbox bool, log *slog.L
 		log.Warn("draining NATS connection", "error", err.Error())
 	}
 	return runErr
+}
+
+// natsOptions turns the configured NATS identity and TLS into connection options.
+func natsOptions(a config.NATSAuth, log *slog.Logger) ([]nats.Option, error) {
+	var opts []nats.Option
+	switch {
+	case a.CredsFile != "":
+		opts = append(opts, nats.UserCredentials(a.CredsFile))
+	case a.NkeySeedFile != "":
+		o, err := nats.NkeyOptionFromSeed(a.NkeySeedFile)
+		if err != nil {
+			return nil, fmt.Errorf("PAMWORKER_NATS_NKEY_SEED_FILE: %w", err)
+		}
+		opts = append(opts, o)
+	case a.User != "":
+		opts = append(opts, nats.UserInfo(a.User, a.Password.Reveal()))
+	case !a.Token.IsZero():
+		opts = append(opts, nats.Token(a.Token.Reveal()))
+	}
+	if a.TLS != (handlers.TLSFiles{}) {
+		tc, err := handlers.TLSConfig(a.TLS)
+		if err != nil {
+			return nil, fmt.Errorf("NATS TLS: %w", err)
+		}
+		if a.TLS.InsecureSkipVerify {
+			log.Warn("TLS VERIFICATION IS OFF for the NATS connection (insecure_skip_verify)")
+		}
+		opts = append(opts, nats.Secure(tc))
+	}
+	return opts, nil
 }
 
 // protected collects the protected objects of every target. The Element account the worker logs

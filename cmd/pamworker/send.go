@@ -176,7 +176,12 @@ func connectClient(getenv func(string) string, environ []string, command string,
 	if urls == "" {
 		urls = "nats://" + cfg.NATSListen
 	}
-	nc, err := broker.Connect(urls, "pamworker-"+command, log, nats.MaxReconnects(5))
+	auth, err := natsOptions(cfg.NATSAuth, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "pamworker %s: %v\n", command, err)
+		return nil, nil, err
+	}
+	nc, err := broker.Connect(urls, "pamworker-"+command, log, append(auth, nats.MaxReconnects(5))...)
 	if err != nil {
 		fmt.Fprintf(stderr, "pamworker %s: %v (is the worker, or the NATS server at %s, running?)\n", command, err, redactURL(urls))
 		return nil, nil, err
