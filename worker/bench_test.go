@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -43,7 +44,7 @@ func BenchmarkPipeline(b *testing.B) {
 	}))
 	defer api.Close()
 
-	log := slog.New(slog.NewJSONHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	nc, err := broker.Connect(ns.ClientURL(), "bench", log)
 	if err != nil {
 		b.Fatal(err)
@@ -59,7 +60,7 @@ func BenchmarkPipeline(b *testing.B) {
 	if err := segura.Register(reg, handlers.Targets[*segura.Client]{"default": c}); err != nil {
 		b.Fatal(err)
 	}
-	w, err := worker.New(nc, reg, m, log, func() string { return ulid.Make().String() }, worker.Config{Concurrency: 32})
+	w, err := worker.New(nc, reg, m, log, func() string { return ulid.Make().String() }, worker.Config{Concurrency: 32, TargetRate: 100000, Targets: []string{"segura/default"}})
 	if err != nil {
 		b.Fatal(err)
 	}

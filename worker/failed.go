@@ -48,14 +48,22 @@ func ActionOfFailedSubject(subject string) string {
 
 // failedRecordMsg builds the failed-stream message keeping msg, the original of ev.
 func failedRecordMsg(msg jetstream.Msg, ev events.Event, result []byte) *nats.Msg {
-	rec := FailedRecord{EventID: ev.ID, Subject: msg.Subject(), Result: result, Payload: string(msg.Data())}
+	subject, msgID, _ := origin(msg)
+	rec := FailedRecord{EventID: ev.ID, Subject: subject, Result: result, Payload: string(msg.Data())}
 	for k, v := range msg.Headers() {
-		if len(v) > 0 {
-			if rec.Headers == nil {
-				rec.Headers = map[string]string{}
-			}
-			rec.Headers[k] = v[0]
+		if len(v) == 0 || k == hdrSubject || k == hdrMsgID || k == hdrReceived || k == jetstream.MsgIDHeader {
+			continue // the router's own headers; the original message id is restored below
 		}
+		if rec.Headers == nil {
+			rec.Headers = map[string]string{}
+		}
+		rec.Headers[k] = v[0]
+	}
+	if msgID != "" {
+		if rec.Headers == nil {
+			rec.Headers = map[string]string{}
+		}
+		rec.Headers[jetstream.MsgIDHeader] = msgID
 	}
 	data, _ := json.Marshal(rec)
 	return &nats.Msg{

@@ -38,7 +38,8 @@ func recoverHandler(log *slog.Logger) handlers.Middleware {
 func (w *Worker) processSafely(soft, hard context.Context, msg jetstream.Msg) {
 	defer func() {
 		if p := recover(); p != nil {
-			w.log.Error("processing panicked; event handed back to JetStream", "subject", msg.Subject(),
+			subject, _, _ := origin(msg)
+			w.log.Error("processing panicked; event handed back to JetStream", "subject", subject,
 				"panic", fmt.Sprint(p), "stack", string(debug.Stack()))
 			_ = msg.NakWithDelay(w.cfg.RedeliveryDelay)
 		}

@@ -43,6 +43,7 @@ type bundle struct {
 	element *sandbox.Element
 	seguraHTTP,
 	elementHTTP *recorder
+	seguraURL string
 
 	mu      sync.Mutex
 	results map[string][]events.Result
@@ -96,6 +97,7 @@ func setup(t *testing.T, o options) *bundle {
 	b.element = sandbox.NewElement(sandbox.ElementOptions{Username: "admin", Password: "pw-canary"})
 	b.seguraHTTP, b.elementHTTP = newRecorder(b.segura), newRecorder(b.element)
 	ss, es := httptest.NewServer(b.seguraHTTP), httptest.NewServer(b.elementHTTP)
+	b.seguraURL = ss.URL
 	t.Cleanup(ss.Close)
 	t.Cleanup(es.Close)
 
@@ -169,6 +171,41 @@ func setup(t *testing.T, o options) *bundle {
 	})
 	waitFor(t, 10*time.Second, "worker ready", func() bool { ok, _ := b.w.Ready(); return ok })
 	return b
+}
+
+// startReplica starts a second worker on the same NATS server and vendor simulators, as
+// another replica of the deployment would be.
+func (b *bundle) startReplica(t *testing.T, cfg worker.Config, seguraURL string) {
+	t.Helper()
+	log := slog.New(slog.NewJSONHandler(io.Discard, nil))
+	nc, err := broker.Connect(b.ns.ClientURL(), "replica", log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	m := worker.NewMetrics(prometheus.NewRegistry())
+	hc := handlers.NewHTTPClient(handlers.ClientOptions{Timeout: 10 * time.Second, Wrap: m.InstrumentTransport})
+	c, err := segura.New(segura.Config{BaseURL: seguraURL, ClientID: "pamworker", ClientSecret: handlers.NewSecret("s3cret-canary"), HTTPClient: hc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := handlers.NewRegistry()
+	if err := segura.Register(reg, handlers.Targets[*segura.Client]{"default": c}); err != nil {
+		t.Fatal(err)
+	}
+	if err := element.Register(reg, nil); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Targets = []string{"segura/default", "element/default"}
+	w, err := worker.New(nc, reg, m, log, func() string { return ulid.Make().String() }, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	waitFor(t, 10*time.Second, "replica ready", func() bool { ok, _ := w.Ready(); return ok })
 }
 
 // restartBroker stops the NATS server and starts it again on the same port and store, as an
@@ -311,22 +348,33 @@ func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
 	}
 }
 
-// recorder wraps a vendor simulator to note when each request arrived and how many ran at once.
+// recorder wraps a vendor simulator to note when each request arrived, how many ran at once,
+// and per path the order of methods and the most that ran at once.
 type recorder struct {
 	h       http.Handler
 	mu      sync.Mutex
 	times   []time.Time
 	cur     atomic.Int64
 	maxSeen atomic.Int64
+	byPath  map[string][]string // path → methods, in arrival order
+	curPath map[string]int
+	maxPath map[string]int
 }
 
-func newRecorder(h http.Handler) *recorder { return &recorder{h: h} }
+func newRecorder(h http.Handler) *recorder {
+	return &recorder{h: h, byPath: map[string][]string{}, curPath: map[string]int{}, maxPath: map[string]int{}}
+}
 
 func (r *recorder) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	if req.URL.Path != sandbox.SeguraTokenPath {
+		path := req.URL.Path
 		r.mu.Lock()
 		r.times = append(r.times, time.Now())
+		r.byPath[path] = append(r.byPath[path], req.Method)
+		r.curPath[path]++
+		r.maxPath[path] = max(r.maxPath[path], r.curPath[path])
 		r.mu.Unlock()
+		defer func() { r.mu.Lock(); r.curPath[path]--; r.mu.Unlock() }()
 		n := r.cur.Add(1)
 		defer r.cur.Add(-1)
 		for {

@@ -15,8 +15,9 @@ type Topology struct {
 	EventsStream  string        // captures pam.> and element.>
 	ResultsStream string        // captures results.>
 	FailedStream  string        // keeps the original event of every failed result
+	WorkStream    string        // the router's lanes: pamworker.work.<vendor>.<target>.<n>
 	FailedMaxAge  time.Duration // how long failed events are kept for replay
-	Consumer      string        // durable pull consumer shared by every replica
+	Consumer      string        // base name of the durable consumers: <base>-router, <base>-<lane>
 	Bucket        string        // key-value bucket of the ledger
 	Replicas      int           // for the streams and bucket the worker creates
 	MaxAge        time.Duration // how long events and results are kept
@@ -30,6 +31,7 @@ func DefaultTopology() Topology {
 		EventsStream:  "PAMWORKER_EVENTS",
 		ResultsStream: "PAMWORKER_RESULTS",
 		FailedStream:  "PAMWORKER_FAILED",
+		WorkStream:    "PAMWORKER_WORK",
 		FailedMaxAge:  30 * 24 * time.Hour,
 		Consumer:      "pamworker",
 		Bucket:        "pamworker_ledger",
@@ -127,8 +129,8 @@ type inForce struct {
 	ledgerTTL   time.Duration
 }
 
-// setup creates the streams, the ledger bucket and the durable consumer.
-func setup(ctx context.Context, js jetstream.JetStream, t Topology, c ConsumerSettings) (jetstream.Consumer, jetstream.KeyValue, inForce, error) {
+// setup creates the streams and the ledger bucket.
+func setup(ctx context.Context, js jetstream.JetStream, t Topology) (jetstream.KeyValue, inForce, error) {
 	base := jetstream.StreamConfig{
 		Retention:  jetstream.LimitsPolicy,
 		Storage:    jetstream.FileStorage,
@@ -137,14 +139,17 @@ func setup(ctx context.Context, js jetstream.JetStream, t Topology, c ConsumerSe
 		Duplicates: t.DedupWindow,
 		Replicas:   t.Replicas,
 	}
-	evs, res, fld := base, base, base
+	evs, res, fld, work := base, base, base, base
 	evs.Name, evs.Subjects, evs.Description = t.EventsStream, eventSubjects, "pamworker action events"
 	res.Name, res.Subjects, res.Description = t.ResultsStream, resultSubjects, "pamworker result events"
 	fld.Name, fld.Subjects, fld.Description = t.FailedStream, failedSubjects, "pamworker failed events, kept for replay"
 	fld.MaxAge = t.FailedMaxAge
-	for _, cfg := range []jetstream.StreamConfig{evs, res, fld} {
+	// Lanes keep their messages for a day after processing (limits retention), for inspection.
+	work.Name, work.Subjects, work.Description = t.WorkStream, []string{workPrefix() + ">"}, "pamworker: events routed to their lanes"
+	work.MaxAge, work.Duplicates = 24*time.Hour, 10*time.Minute
+	for _, cfg := range []jetstream.StreamConfig{evs, res, fld, work} {
 		if err := ensureStream(ctx, js, cfg); err != nil {
-			return nil, nil, inForce{}, err
+			return nil, inForce{}, err
 		}
 	}
 	var in inForce
@@ -163,36 +168,56 @@ func setup(ctx context.Context, js jetstream.JetStream, t Topology, c ConsumerSe
 		})
 	}
 	if err != nil {
-		return nil, nil, inForce{}, fmt.Errorf("ledger bucket %s: %w", t.Bucket, err)
+		return nil, inForce{}, fmt.Errorf("ledger bucket %s: %w", t.Bucket, err)
 	}
 	if st, err := kv.Status(ctx); err == nil {
 		in.ledgerTTL = st.TTL()
 	}
-	cons, err := ensureConsumer(ctx, js, t, c)
-	if err != nil {
-		return nil, nil, inForce{}, err
-	}
-	return cons, kv, in, nil
+	return kv, in, nil
 }
 
-// ensureConsumer creates or updates the durable consumer shared by every replica.
-func ensureConsumer(ctx context.Context, js jetstream.JetStream, t Topology, c ConsumerSettings) (jetstream.Consumer, error) {
-	// An operator's pause (pamworker pause) survives this update at every worker start: the
-	// server keeps an existing consumer's PauseUntil on update (nats-server jetstream_api.go,
-	// "don't allow updating the PauseUntil"); TestPauseResume restarts a worker to prove it.
+// RouterConsumer is the name of the router's consumer on the events stream.
+func (t Topology) RouterConsumer() string { return t.Consumer + "-router" }
+
+// ensureRouter creates or updates the router's consumer. It hands out one event at a time
+// (MaxAckPending 1) to whichever replica asks, so events are routed in stream order; an event
+// a dead router held comes back after AckWait, before anything newer. (A pinned priority group
+// would allow pipelining, but nats.go's pinned pulls ran at ~140 events/s here; see
+// docs/ordering.md.) An operator's pause survives this update at every start: the server keeps an existing
+// consumer's PauseUntil (nats-server jetstream_api.go); TestPauseResume restarts a worker.
+func ensureRouter(ctx context.Context, js jetstream.JetStream, t Topology, ackWait time.Duration) (jetstream.Consumer, error) {
 	cons, err := js.CreateOrUpdateConsumer(ctx, t.EventsStream, jetstream.ConsumerConfig{
-		Durable:     t.Consumer,
-		Description: "pamworker: shared by every replica",
-		AckPolicy:   jetstream.AckExplicitPolicy,
-		AckWait:     c.AckWait,
-		// Deliveries are not capped by the server: a target that refuses the worker must not
-		// turn waiting events into lost ones. The worker counts exhausted retry budgets itself.
+		Durable:       t.RouterConsumer(),
+		Description:   "pamworker: routes events to their lanes, one at a time",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       ackWait,
 		MaxDeliver:    -1,
-		MaxAckPending: c.MaxAckPending,
+		MaxAckPending: 1,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("consumer %s on %s: %w", t.Consumer, t.EventsStream, err)
+		return nil, fmt.Errorf("router consumer on %s: %w", t.EventsStream, err)
+	}
+	return cons, nil
+}
+
+// ensureLane creates or updates the consumer of one lane. An ordered lane hands out one
+// message at a time, so its events run one after the other in publish order: a nak'd message
+// stays pending and is redelivered before anything newer. Deliveries are not capped by the
+// server: events waiting for a target that refuses the worker must not be dropped.
+func ensureLane(ctx context.Context, js jetstream.JetStream, t Topology, lane string, ackWait time.Duration, maxPending int) (jetstream.Consumer, error) {
+	cons, err := js.CreateOrUpdateConsumer(ctx, t.WorkStream, jetstream.ConsumerConfig{
+		Durable:       laneConsumer(t.Consumer, lane),
+		Description:   "pamworker lane " + lane,
+		FilterSubject: lane,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       ackWait,
+		MaxDeliver:    -1,
+		MaxAckPending: maxPending,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("lane consumer %s: %w", lane, err)
 	}
 	return cons, nil
 }

@@ -89,6 +89,7 @@ type Worker struct {
 	// first delivery whose Nats-Msg-Id is its event id cannot have an earlier twin (the stream
 	// would have dropped it) and needs no ledger read.
 	firstFromStream bool
+	lanes           map[string]bool // configured target labels, each with its lanes
 }
 
 // New returns a Worker that will consume through nc and dispatch through reg.
@@ -98,7 +99,7 @@ func New(nc *nats.Conn, reg *handlers.Registry, m *Metrics, log *slog.Logger, ne
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
 	cfg = cfg.withDefaults()
-	return &Worker{
+	w := &Worker{
 		cfg: cfg,
 		nc:  nc,
 		js:  js,
@@ -115,7 +116,12 @@ func New(nc *nats.Conn, reg *handlers.Registry, m *Metrics, log *slog.Logger, ne
 		}),
 		newID:   newID,
 		recover: recoverHandler(log),
-	}, nil
+		lanes:   map[string]bool{},
+	}
+	for _, t := range cfg.Targets {
+		w.lanes[t] = true
+	}
+	return w, nil
 }
 
 // errShutdown ends a retry wait when the worker is asked to stop: the event goes back to the
@@ -134,8 +140,7 @@ var errCircuitOpen = errors.New("the target's circuit is open")
 // fetching, lets in-flight events finish for up to ShutdownTimeout, naks what is left, and
 // returns nil.
 func (w *Worker) Run(ctx context.Context) error {
-	settings := ConsumerSettings{AckWait: w.cfg.AckWait, MaxAckPending: max(1024, 4*w.cfg.Concurrency)}
-	cons, kv, in, err := setup(ctx, w.js, w.cfg.Topology, settings)
+	kv, in, err := setup(ctx, w.js, w.cfg.Topology)
 	if err != nil {
 		return err
 	}
@@ -151,93 +156,40 @@ func (w *Worker) Run(ctx context.Context) error {
 		w.log.Info("ledger read for every event: the stream's duplicate window is shorter than the ledger TTL",
 			"duplicate_window", in.dedupWindow.String(), "ledger_ttl", in.ledgerTTL.String())
 	}
-	// The buffer is kept to one batch of the concurrency so fetched messages do not age towards
-	// AckWait while they wait for a slot.
-	iter, err := cons.Messages(jetstream.PullMaxMessages(w.cfg.Concurrency))
+	// Create every consumer before reporting ready, so a test or an operator that sees /readyz
+	// sees a worker that can take events.
+	router, err := ensureRouter(ctx, w.js, w.cfg.Topology, w.cfg.AckWait)
 	if err != nil {
-		return fmt.Errorf("consume: %w", err)
+		return err
 	}
-	var iterMu sync.Mutex // guards iter against the shutdown hook while it is replaced
-	w.consuming.Store(true)
-	go w.watchPause(ctx, cons)
-	w.log.Info("consuming", "stream", w.cfg.Topology.EventsStream, "consumer", w.cfg.Topology.Consumer,
-		"concurrency", w.cfg.Concurrency)
+	lanes := []string{laneSubject(invalidLane, 0)}
+	for _, target := range w.cfg.Targets {
+		for p := range partitions {
+			lanes = append(lanes, laneSubject(target, p))
+		}
+	}
+	for _, lane := range lanes {
+		if _, err := ensureLane(ctx, w.js, w.cfg.Topology, lane, w.cfg.AckWait, w.lanePending(lane)); err != nil {
+			return err
+		}
+	}
 
 	// hard ends in-flight work; it outlives ctx by the shutdown grace.
 	hard, cancelHard := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelHard()
-	stop := context.AfterFunc(ctx, func() {
-		w.consuming.Store(false)
-		iterMu.Lock()
-		defer iterMu.Unlock()
-		iter.Drain()
-	})
-	defer stop()
-
-	// A fixed pool: goroutines keep their grown stacks, and the fetch loop blocks while every
-	// slot is busy, so at most one fetched message waits outside the iterator's buffer.
-	jobs := make(chan jetstream.Msg)
 	var wg sync.WaitGroup
-	for range w.cfg.Concurrency {
+	wg.Add(1)
+	go func() { defer wg.Done(); w.route(ctx) }()
+	sem := make(chan struct{}, w.cfg.Concurrency)
+	for _, lane := range lanes {
 		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for msg := range jobs {
-				w.processSafely(ctx, hard, msg)
-			}
-		}()
+		go func() { defer wg.Done(); w.consumeLane(ctx, hard, lane, sem) }()
 	}
-	fetchErrs, lastFetchErr := 0, ""
-	for {
-		msg, err := iter.Next()
-		if err != nil {
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) && ctx.Err() != nil {
-				break
-			}
-			if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) ||
-				errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-				// Someone deleted the durable consumer (or the broker lost it): make it again and
-				// carry on from the stream's unacknowledged events.
-				if next, rerr := w.reopen(ctx, settings); rerr == nil {
-					iterMu.Lock()
-					iter.Stop()
-					iter = next
-					iterMu.Unlock()
-					if ctx.Err() != nil {
-						next.Drain()
-					}
-					w.log.Warn("consumer was gone; recreated it", "consumer", w.cfg.Topology.Consumer, "error", err)
-					fetchErrs = 0
-					continue
-				} else {
-					err = rerr
-				}
-			}
-			// The iterator recovers from most errors by itself (missed heartbeats, a reconnect);
-			// back off so a persistent one does not spin, and log it when it changes.
-			if err.Error() != lastFetchErr {
-				w.log.Warn("fetching events", "error", err)
-				lastFetchErr = err.Error()
-			}
-			fetchErrs++
-			select {
-			case <-time.After(min(time.Duration(fetchErrs)*100*time.Millisecond, 2*time.Second)):
-			case <-ctx.Done():
-			}
-			continue
-		}
-		fetchErrs, lastFetchErr = 0, ""
-		if ctx.Err() == nil {
-			select {
-			case jobs <- msg:
-				continue
-			case <-ctx.Done():
-			}
-		}
-		// Fetched but shutting down: hand it to another replica now rather than after AckWait.
-		w.postpone(msg, events.Event{Action: msg.Subject()}, "shutdown", 0)
-	}
-	close(jobs)
+	go w.watchPause(ctx, router)
+	w.consuming.Store(true)
+	w.log.Info("consuming", "stream", w.cfg.Topology.EventsStream, "lanes", len(lanes), "concurrency", w.cfg.Concurrency)
+	<-ctx.Done()
+	w.consuming.Store(false)
 
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
@@ -253,6 +205,81 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	w.log.Info("stopped consuming")
 	return nil
+}
+
+// lanePending is how many messages a lane's consumer hands out at once: one for an ordered
+// lane, many for the lane of events that will be rejected anyway.
+func (w *Worker) lanePending(lane string) int {
+	if lane == laneSubject(invalidLane, 0) {
+		return max(256, w.cfg.Concurrency)
+	}
+	return 1
+}
+
+// consumeLane processes one lane's events one at a time until ctx ends, taking a slot of the
+// shared concurrency for each. It recreates the lane's consumer if it disappears, and on
+// shutdown hands back what it fetched but did not start.
+func (w *Worker) consumeLane(ctx, hard context.Context, lane string, sem chan struct{}) {
+	fetchErrs, lastErr := 0, ""
+	for ctx.Err() == nil {
+		cons, err := ensureLane(ctx, w.js, w.cfg.Topology, lane, w.cfg.AckWait, w.lanePending(lane))
+		var iter jetstream.MessagesContext
+		if err == nil {
+			// A pull for many messages stays open while the server hands them out one at a
+			// time (MaxAckPending 1): no pull request per message.
+			iter, err = cons.Messages(jetstream.PullMaxMessages(max(16, w.lanePending(lane))))
+		}
+		if err != nil {
+			if err.Error() != lastErr {
+				w.log.Warn("lane unavailable", "lane", lane, "error", err)
+				lastErr = err.Error()
+			}
+			fetchErrs++
+			select {
+			case <-time.After(min(time.Duration(fetchErrs)*200*time.Millisecond, 2*time.Second)):
+			case <-ctx.Done():
+			}
+			continue
+		}
+		stop := context.AfterFunc(ctx, func() { iter.Drain() })
+		w.drainLane(ctx, hard, iter, sem)
+		stop()
+		iter.Stop()
+	}
+}
+
+// drainLane runs the messages of one iterator until it closes or fails.
+func (w *Worker) drainLane(ctx, hard context.Context, iter jetstream.MessagesContext, sem chan struct{}) {
+	errs := 0
+	for {
+		msg, err := iter.Next()
+		if errors.Is(err, jetstream.ErrMsgIteratorClosed) || errors.Is(err, jetstream.ErrConsumerDeleted) ||
+			errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return
+		}
+		if err != nil {
+			// The iterator recovers from most errors by itself (missed heartbeats, a reconnect).
+			errs++
+			select {
+			case <-time.After(min(time.Duration(errs)*100*time.Millisecond, 2*time.Second)):
+			case <-ctx.Done():
+			}
+			continue
+		}
+		errs = 0
+		if ctx.Err() == nil {
+			select {
+			case sem <- struct{}{}:
+				w.processSafely(ctx, hard, msg)
+				<-sem
+				continue
+			case <-ctx.Done():
+			}
+		}
+		// Fetched but shutting down: hand it to another replica now rather than after AckWait.
+		subject, _, _ := origin(msg)
+		w.postpone(msg, events.Event{Action: subject}, "shutdown", 0)
+	}
 }
 
 // watchPause follows the consumer's pause state (pamworker pause / resume) for /readyz, the
@@ -286,15 +313,6 @@ func (w *Worker) watchPause(ctx context.Context, cons jetstream.Consumer) {
 	}
 }
 
-// reopen recreates the durable consumer and a message iterator on it.
-func (w *Worker) reopen(ctx context.Context, settings ConsumerSettings) (jetstream.MessagesContext, error) {
-	cons, err := ensureConsumer(ctx, w.js, w.cfg.Topology, settings)
-	if err != nil {
-		return nil, err
-	}
-	return cons.Messages(jetstream.PullMaxMessages(w.cfg.Concurrency))
-}
-
 // Ready reports whether the worker is connected and consuming, with the reasons it is not and
 // the targets that currently refuse it.
 func (w *Worker) Ready() (bool, []string) {
@@ -323,9 +341,9 @@ func (w *Worker) process(soft, hard context.Context, msg jetstream.Msg) {
 	stopKeepAlive := w.keepAlive(msg)
 	defer stopKeepAlive()
 
-	msgID := msg.Headers().Get(jetstream.MsgIDHeader)
+	subject, msgID, received := origin(msg)
 	generated := ""
-	ev, decodeErr := events.Decode(msg.Subject(), msg.Data(), msgID, w.cfg.MaxEventBytes, func() string {
+	ev, decodeErr := events.Decode(subject, msg.Data(), msgID, w.cfg.MaxEventBytes, func() string {
 		generated = w.newID()
 		return generated
 	})
@@ -344,7 +362,7 @@ func (w *Worker) process(soft, hard context.Context, msg jetstream.Msg) {
 		}
 	}
 	// A signature is checked on the bytes as they arrived, before anything in them is trusted.
-	if rej := w.cfg.Signatures.Check(msg.Subject(), msg.Headers().Get, msg.Data(), ev.ID); rej != nil {
+	if rej := w.cfg.Signatures.Check(subject, msg.Headers().Get, msg.Data(), ev.ID); rej != nil {
 		log.Warn("event refused: signature", "code", rej.Code, "reason", rej.Message)
 		w.finish(hard, msg, ev, rejected(ev, rej), start, log)
 		return
@@ -357,7 +375,7 @@ func (w *Worker) process(soft, hard context.Context, msg jetstream.Msg) {
 	if w.crashLoop(hard, msg, ev, start, log) {
 		return
 	}
-	if rej := w.stale(msg, ev); rej != nil {
+	if rej := w.stale(received, ev); rej != nil {
 		w.finish(hard, msg, ev, rejected(ev, rej), start, log)
 		return
 	}
@@ -469,13 +487,13 @@ func (w *Worker) crashLoop(ctx context.Context, msg jetstream.Msg, ev events.Eve
 // undo what people did meanwhile (re-disable an account someone re-enabled). Age counts from
 // the earlier of the event's own time and the moment the stream took it, so a clock-skewed or
 // future-dated time cannot make an old event look new.
-func (w *Worker) stale(msg jetstream.Msg, ev events.Event) *events.Rejection {
+func (w *Worker) stale(received time.Time, ev events.Event) *events.Rejection {
 	if w.cfg.MaxEventAge < 0 {
 		return nil
 	}
 	born := ev.Time
-	if md, err := msg.Metadata(); err == nil && (born.IsZero() || md.Timestamp.Before(born)) {
-		born = md.Timestamp
+	if !received.IsZero() && (born.IsZero() || received.Before(born)) {
+		born = received
 	}
 	if born.IsZero() {
 		return nil

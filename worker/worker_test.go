@@ -603,24 +603,44 @@ func TestBrokerRestart(t *testing.T) {
 	}
 }
 
-// TestConsumerDeleted: someone deletes the durable consumer; the worker recreates it and the
-// events published meanwhile are processed.
+// TestConsumerDeleted: someone deletes the router's and every lane's durable consumer; the
+// worker recreates them and the events published meanwhile are processed.
 func TestConsumerDeleted(t *testing.T) {
 	t.Parallel()
 	b := setup(t, options{})
 	if r := b.result(t, b.send(t, events.CredentialDisable, `{"credential_id":60}`)); r.Status != events.Succeeded {
 		t.Fatal(r)
 	}
-	if err := b.js.DeleteConsumer(t.Context(), "PAMWORKER_EVENTS", "pamworker"); err != nil {
+	if err := b.js.DeleteConsumer(t.Context(), "PAMWORKER_EVENTS", "pamworker-router"); err != nil {
 		t.Fatal(err)
+	}
+	ws, err := b.js.Stream(t.Context(), "PAMWORKER_WORK")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lanes []string
+	for name := range ws.ConsumerNames(t.Context()).Name() {
+		lanes = append(lanes, name)
+	}
+	for _, name := range lanes {
+		if err := ws.DeleteConsumer(t.Context(), name); err != nil {
+			t.Fatal(err)
+		}
 	}
 	id := b.send(t, events.CredentialDisable, `{"credential_id":61}`)
 	if r := b.result(t, id); r.Status != events.Succeeded {
-		t.Errorf("after the consumer was deleted: %+v", r)
+		t.Errorf("after the consumers were deleted: %+v", r)
 	}
-	if _, err := b.js.Consumer(t.Context(), "PAMWORKER_EVENTS", "pamworker"); err != nil {
-		t.Errorf("consumer not recreated: %v", err)
+	if _, err := b.js.Consumer(t.Context(), "PAMWORKER_EVENTS", "pamworker-router"); err != nil {
+		t.Errorf("router consumer not recreated: %v", err)
 	}
+	waitFor(t, 10*time.Second, "lanes recreated", func() bool {
+		n := 0
+		for range ws.ConsumerNames(t.Context()).Name() {
+			n++
+		}
+		return n == len(lanes)
+	})
 }
 
 // TestLossyStreamRefused: the worker will not run on a stream that would drop events quietly,
@@ -762,5 +782,99 @@ func TestDryRunEveryAction(t *testing.T) {
 	}
 	if active, custody, _ := b.segura.Credential(94); !active || !custody {
 		t.Error("credential 94 changed")
+	}
+}
+
+// TestPerObjectOrdering: with two replicas, retries and latency, events about one credential
+// are never in flight at once and reach the vendor in publish order, so each credential ends
+// in the state its last event asked for; different credentials still run in parallel.
+func TestPerObjectOrdering(t *testing.T) {
+	t.Parallel()
+	c := fastConfig()
+	c.BreakerThreshold = -1 // the injected 503s are about retries, not the breaker
+	c.MaxDeliveries = 100
+	c.TargetRate = 10000
+	b := setup(t, options{cfg: c})
+	b.startReplica(t, c, b.seguraURL)
+	b.segura.SetLatency(3 * time.Millisecond)
+	b.segura.FailNext(60, sandbox.Fault{Status: 503})
+
+	const objects, rounds = 20, 10
+	want := map[int][]string{} // credential → methods in publish order
+	var ids []string
+	for round := range rounds {
+		for cred := 1; cred <= objects; cred++ {
+			subject, method := events.CredentialDisable, "DELETE"
+			if (round+cred)%2 == 1 {
+				subject, method = events.CredentialEnable, "PUT"
+			}
+			ids = append(ids, b.send(t, subject, fmt.Sprintf(`{"credential_id":%d}`, cred)))
+			want[cred] = append(want[cred], method)
+		}
+	}
+	for _, id := range ids {
+		if r := b.result(t, id); r.Status != events.Succeeded {
+			t.Errorf("%+v", r)
+		}
+	}
+	collapse := func(xs []string) []string {
+		var out []string
+		for _, x := range xs {
+			if len(out) == 0 || out[len(out)-1] != x {
+				out = append(out, x)
+			}
+		}
+		return out
+	}
+	b.seguraHTTP.mu.Lock()
+	defer b.seguraHTTP.mu.Unlock()
+	for cred := 1; cred <= objects; cred++ {
+		path := fmt.Sprintf("/api/pam/credential/%d", cred)
+		got := collapse(b.seguraHTTP.byPath[path])
+		if strings.Join(got, " ") != strings.Join(collapse(want[cred]), " ") {
+			t.Errorf("credential %d: calls %v, published %v", cred, got, want[cred])
+		}
+		if m := b.seguraHTTP.maxPath[path]; m > 1 {
+			t.Errorf("credential %d: %d calls at once", cred, m)
+		}
+		active, _, _ := b.segura.Credential(cred)
+		if wantActive := want[cred][rounds-1] == "PUT"; active != wantActive {
+			t.Errorf("credential %d: active=%v, but its last event asked active=%v", cred, active, wantActive)
+		}
+	}
+	if m := b.seguraHTTP.maxSeen.Load(); m < 2 {
+		t.Errorf("at most %d calls at once: different credentials should run in parallel", m)
+	}
+}
+
+// TestEventsStreamRecreated: an operator deletes and recreates the events stream under a
+// running worker. Its sequences start again at 1; the routed copies must not collide with the
+// ones the work stream still remembers, or new events would be dropped as duplicates.
+func TestEventsStreamRecreated(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{})
+	var first []string
+	for i := range 5 {
+		first = append(first, b.send(t, events.CredentialDisable, fmt.Sprintf(`{"credential_id":%d}`, 70+i)))
+	}
+	for _, id := range first {
+		b.result(t, id)
+	}
+	s, err := b.js.Stream(t.Context(), "PAMWORKER_EVENTS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := s.CachedInfo().Config
+	if err := b.js.DeleteStream(t.Context(), "PAMWORKER_EVENTS"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.js.CreateStream(t.Context(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		id := b.send(t, events.CredentialEnable, fmt.Sprintf(`{"credential_id":%d}`, 70+i))
+		if r := b.result(t, id); r.Status != events.Succeeded {
+			t.Errorf("after the stream was recreated: %+v", r)
+		}
 	}
 }

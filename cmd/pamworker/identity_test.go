@@ -141,7 +141,7 @@ func TestNATSIdentities(t *testing.T) {
 			t.Error("the worker's identity purged the results stream")
 		}
 	}
-	if _, err := wjs.PauseConsumer(denied(), "PAMWORKER_EVENTS", "pamworker", time.Now().Add(time.Hour)); err == nil {
+	if _, err := wjs.PauseConsumer(denied(), "PAMWORKER_EVENTS", "pamworker-router", time.Now().Add(time.Hour)); err == nil {
 		t.Error("the worker's identity paused its consumer")
 	}
 	// Nothing was deleted, purged, forged or paused.
@@ -154,7 +154,7 @@ func TestNATSIdentities(t *testing.T) {
 			t.Errorf("results stream holds %d messages, want the 1 real result", s.CachedInfo().State.Msgs)
 		}
 	}
-	if c, err := wjs.Consumer(ctx, "PAMWORKER_EVENTS", "pamworker"); err != nil || c.CachedInfo().Paused {
+	if c, err := wjs.Consumer(ctx, "PAMWORKER_EVENTS", "pamworker-router"); err != nil || c.CachedInfo().Paused {
 		t.Errorf("consumer paused or gone: %v", err)
 	}
 }

@@ -38,23 +38,43 @@ func runPause(ctx context.Context, resume bool, args []string, getenv func(strin
 	}
 	defer nc.Close()
 	t := worker.DefaultTopology()
-	if resume {
-		if _, err := js.ResumeConsumer(ctx, t.EventsStream, t.Consumer); err != nil {
-			fmt.Fprintln(stderr, "pamworker resume:", err)
+	// The router and every lane: pausing only the router would let the lanes run what it had
+	// already routed.
+	names := []string{t.RouterConsumer()}
+	streams := []string{t.EventsStream}
+	if ws, err := js.Stream(ctx, t.WorkStream); err == nil {
+		lister := ws.ConsumerNames(ctx)
+		for name := range lister.Name() {
+			names, streams = append(names, name), append(streams, t.WorkStream)
+		}
+	}
+	for i, name := range names {
+		var err error
+		if resume {
+			_, err = js.ResumeConsumer(ctx, streams[i], name)
+		} else {
+			_, err = js.PauseConsumer(ctx, streams[i], name, until)
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "pamworker %s: %s: %v\n", cmdName(resume), name, err)
 			return exitFailed
 		}
+	}
+	if resume {
 		fmt.Fprintln(stdout, "resumed: workers take events again")
 		return exitOK
-	}
-	r, err := js.PauseConsumer(ctx, t.EventsStream, t.Consumer, until)
-	if err != nil {
-		fmt.Fprintln(stderr, "pamworker pause:", err)
-		return exitFailed
 	}
 	if until.After(time.Now().AddDate(50, 0, 0)) {
 		fmt.Fprintln(stdout, "paused: no worker takes events until `pamworker resume`; they wait in the stream")
 	} else {
-		fmt.Fprintf(stdout, "paused until %s: events wait in the stream; `pamworker resume` ends it sooner\n", r.PauseUntil.UTC().Format(time.RFC3339))
+		fmt.Fprintf(stdout, "paused until %s: events wait in the stream; `pamworker resume` ends it sooner\n", until.UTC().Format(time.RFC3339))
 	}
 	return exitOK
+}
+
+func cmdName(resume bool) string {
+	if resume {
+		return "resume"
+	}
+	return "pause"
 }
