@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	"fmt"
 	"io"
+	"math/rand"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -65,6 +66,7 @@ const maxLoggedRequests = 4096
 // SeguraOptions configures a Segura simulator; zero values take the defaults noted.
 type SeguraOptions struct {
 	ClientID, ClientSecret string
+	Credentials            int // seeded svcNN@hostNN credentials; default SeguraCredentialCount
 	TokenTTL               time.Duration // default 1h; sent as expires_in seconds
 	Prefixes               []string      // default {"/api", "/iso"}; the API is served under each
 }
@@ -102,6 +104,9 @@ type Segura struct {
 	revoked       bool
 	latency       time.Duration
 	faults        faultQueue[Fault]
+	chaos         Chaos
+	chaosRand     *rand.Rand
+	chaosCounts   map[chaosKind]int64
 	calls         int64
 	tokenRequests int64
 	log           []loggedRequest // ring of the last maxLoggedRequests API calls
@@ -149,7 +154,7 @@ func NewSegura(opts SeguraOptions) *Segura {
 		}
 		s.prefixes = append(s.prefixes, p) // "" serves the API at the root
 	}
-	for id := 1; id <= SeguraCredentialCount; id++ {
+	for id := 1; id <= max(opts.Credentials, SeguraCredentialCount); id++ {
 		s.addItem(id, &seguraItem{username: fmt.Sprintf("svc%02d", id), hostname: fmt.Sprintf("host%02d", id), active: true})
 	}
 	s.addItem(CustodyCredentialID, &seguraItem{username: "root", hostname: "db01", active: true, custody: true})
@@ -223,6 +228,31 @@ func (s *Segura) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if refused != nil {
 		writeSegura(w, *refused)
 		return
+	}
+	if f == nil {
+		if c, ok := s.chaosRoll(); ok {
+			switch c {
+			case chaosError:
+				writeFault(w, Fault{Status: http.StatusServiceUnavailable})
+				return
+			case chaosHang:
+				if sleepCtx(ctx, s.chaosHangFor()) {
+					writeFault(w, Fault{Status: http.StatusGatewayTimeout, Message: "Request timed out"})
+				}
+				return
+			case chaosDrop:
+				// Apply the change, then cut the connection: the client never learns it worked.
+				s.route(&discardWriter{}, r, sub)
+				if hj, ok := w.(http.Hijacker); ok {
+					if conn, _, err := hj.Hijack(); err == nil {
+						_ = conn.Close()
+						return
+					}
+				}
+				writeFault(w, Fault{Status: http.StatusBadGateway})
+				return
+			}
+		}
 	}
 	if f != nil {
 		if !sleepCtx(ctx, f.Delay) {
@@ -594,6 +624,73 @@ func (s *Segura) ClearFaults() {
 	s.mu.Lock()
 	s.faults.runs = nil
 	s.mu.Unlock()
+}
+
+// Chaos makes a share of API calls fail at random, for fault tests: ServerErrors answer 503
+// without applying anything; Hangs wait HangFor (or until the client gives up) and answer 504
+// without applying; DropReplies apply the change and then cut the connection, so the client
+// never learns that it worked. Shares are fractions of calls; queued faults go first.
+type Chaos struct {
+	ServerErrors, Hangs, DropReplies float64
+	HangFor                          time.Duration
+	Seed                             int64
+}
+
+type chaosKind int
+
+const (
+	chaosNone chaosKind = iota
+	chaosError
+	chaosHang
+	chaosDrop
+)
+
+// SetChaos turns random failures on (a zero Chaos turns them off).
+func (s *Segura) SetChaos(c Chaos) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.chaos = c
+	s.chaosRand = rand.New(rand.NewSource(c.Seed))
+}
+
+// ChaosCounts reports how many calls the chaos answered with an error, a hang, or a dropped
+// reply after applying the change.
+func (s *Segura) ChaosCounts() (errors, hangs, drops int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.chaosCounts[chaosError], s.chaosCounts[chaosHang], s.chaosCounts[chaosDrop]
+}
+
+func (s *Segura) chaosRoll() (chaosKind, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.chaos
+	if s.chaosRand == nil || c.ServerErrors+c.Hangs+c.DropReplies == 0 {
+		return chaosNone, false
+	}
+	x := s.chaosRand.Float64()
+	kind := chaosNone
+	switch {
+	case x < c.ServerErrors:
+		kind = chaosError
+	case x < c.ServerErrors+c.Hangs:
+		kind = chaosHang
+	case x < c.ServerErrors+c.Hangs+c.DropReplies:
+		kind = chaosDrop
+	default:
+		return chaosNone, false
+	}
+	if s.chaosCounts == nil {
+		s.chaosCounts = map[chaosKind]int64{}
+	}
+	s.chaosCounts[kind]++
+	return kind, true
+}
+
+func (s *Segura) chaosHangFor() time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.chaos.HangFor
 }
 
 // SetLatency delays every API call by d, honouring the request's context.

@@ -87,7 +87,7 @@ func RecordedResult(ctx context.Context, js jetstream.JetStream, bucket, eventID
 // Delivery marks, kept by stream sequence, tell a redelivery how the previous one ended. A
 // worker that hands a message back (nak) marks it "decided"; a redelivery marks it "started".
 // A redelivery that finds no mark or a "started" one knows the delivery before it died without
-// an answer — the process crashed or hung on it — and counts it.
+// an answer — the process crashed or hung on it — and counts it; a decision resets the count.
 const (
 	markStarted = "started"
 	markDecided = "decided"
@@ -108,13 +108,11 @@ func (l *ledger) deliveryStarted(ctx context.Context, streamSeq uint64) (int, er
 	return deaths, l.writeMark(ctx, streamSeq, markStarted, deaths)
 }
 
-// deliveryDecided records that a worker handed streamSeq back on purpose.
+// deliveryDecided records that a worker handed streamSeq back on purpose. A worker that
+// survived the event to decide about it is evidence that the event does not kill workers, so
+// the count of unanswered deliveries starts again.
 func (l *ledger) deliveryDecided(ctx context.Context, streamSeq uint64) error {
-	_, deaths, err := l.readMark(ctx, streamSeq)
-	if err != nil {
-		return err
-	}
-	return l.writeMark(ctx, streamSeq, markDecided, deaths)
+	return l.writeMark(ctx, streamSeq, markDecided, 0)
 }
 
 func (l *ledger) readMark(ctx context.Context, streamSeq uint64) (state string, deaths int, err error) {

@@ -618,15 +618,15 @@ func TestShutdownUnderLoad(t *testing.T) {
 }
 
 // TestCrashLoop: an event on which the worker keeps dying (here: SIGKILLed while its call
-// hangs, three times) gets a failed result crash_loop from the next worker instead of being run
+// hangs, five times in a row) gets a failed result crash_loop from the next worker instead of being run
 // again, and the worker then carries on with other events.
 func TestCrashLoop(t *testing.T) {
 	t.Parallel()
 	r := newRig(t)
 	env := append(r.env, "PAMWORKER_ACK_WAIT=3s", "PAMWORKER_HTTP_TIMEOUT=2m", "PAMWORKER_LOG_LEVEL=info")
-	r.segura.FailNext(3, sandbox.Fault{Delay: 5 * time.Minute}) // the first three calls hang
+	r.segura.FailNext(5, sandbox.Fault{Delay: 5 * time.Minute}) // the first five calls hang
 	const id = "crash-loop-1"
-	for kill := 1; kill <= 3; kill++ {
+	for kill := 1; kill <= 5; kill++ {
 		w := startWorker(t, env)
 		if kill == 1 {
 			if _, err := r.js.Publish(context.Background(), events.CredentialDisable,
@@ -651,8 +651,8 @@ func TestCrashLoop(t *testing.T) {
 	if res.Status != events.Failed || res.Error == nil || res.Error.Code != "crash_loop" {
 		t.Fatalf("result %+v, want failed crash_loop", res)
 	}
-	if n := r.segura.Calls(); n != 3 {
-		t.Errorf("vendor called %d times, want 3 (not again after the third death)", n)
+	if n := r.segura.Calls(); n != 5 {
+		t.Errorf("vendor called %d times, want 5 (not again after the fifth death)", n)
 	}
 	// The worker is fine and goes on.
 	stdout, _, code := send(t, r.env, events.CredentialDisable, `{"credential_id":71}`, "--wait", "20s")
