@@ -86,7 +86,8 @@ func splitAddr(t *testing.T, addr string) (string, int) {
 
 // TestClusterLeaderKilled runs the real worker against a three-node cluster with replicated
 // streams, shuts down the events stream's leader mid-run, and checks that every event still
-// ends with exactly one result and none is lost.
+// ends with exactly one result, none is lost, and every credential ends in the state its last
+// event asked for.
 func TestClusterLeaderKilled(t *testing.T) {
 	t.Parallel()
 	servers := startCluster(t, 3)
@@ -147,12 +148,18 @@ func TestClusterLeaderKilled(t *testing.T) {
 	ids := make([]string, n)
 	// publish retries each event (same Nats-Msg-Id) until the stream acknowledges it, as a
 	// careful playbook would through a leader election.
+	// Event i is round i/50 for credential 1+i%50; rounds alternate disable and enable, so
+	// every credential's final state tells whether its events ran in order.
 	publish := func(i int) {
 		ids[i] = fmt.Sprintf("cluster-%04d", i)
-		payload := []byte(fmt.Sprintf(`{"event_id":%q,"credential_id":%d}`, ids[i], 1+i%100))
+		payload := []byte(fmt.Sprintf(`{"event_id":%q,"credential_id":%d}`, ids[i], 1+i%50))
+		subject := events.CredentialDisable
+		if (i/50)%2 == 1 {
+			subject = events.CredentialEnable
+		}
 		for {
 			pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-			_, err := js.Publish(pctx, events.CredentialDisable, payload, jetstream.WithMsgID(ids[i]))
+			_, err := js.Publish(pctx, subject, payload, jetstream.WithMsgID(ids[i]))
 			cancel()
 			if err == nil {
 				return
@@ -234,6 +241,12 @@ func TestClusterLeaderKilled(t *testing.T) {
 	t.Logf("results stream holds %d results: %d events answered, lost=%d, duplicated=%d, vendor calls=%d", total, len(perID), lost, dup, seg.Calls())
 	if lost != 0 || dup != 0 {
 		t.Errorf("lost=%d duplicated=%d, want 0 and 0\n%s", lost, dup, w.logs.String())
+	}
+	// 600 events = 12 rounds per credential, the last an enable: every credential ends active.
+	for id := 1; id <= 50; id++ {
+		if active, _, _ := seg.Credential(id); !active {
+			t.Errorf("credential %d is disabled; its last event enabled it", id)
+		}
 	}
 }
 
