@@ -21,6 +21,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/pamworker/pamworker/guard"
 	"github.com/pamworker/pamworker/handlers"
 )
 
@@ -45,6 +46,7 @@ type Config struct {
 	SignedSubjects  []string        // subject patterns whose events must be signed
 	SigningKeys     handlers.Secret // whsec_/whpk_ keys, separated by ";" or white space
 	SignatureAge    time.Duration   // tolerance of a signature's timestamp
+	Limits          string          // blast-radius limits, "ACTION=MAX/WINDOW,..." (parsed by guard.ParseLimits)
 	LogLevel        slog.Level
 
 	Segura  map[string]Segura  // by target name; "default" from the environment
@@ -122,7 +124,7 @@ var env = map[string]bool{ // name → has a _FILE form
 	"PAMWORKER_NATS_PASSWORD": true, "PAMWORKER_NATS_TOKEN": true, "PAMWORKER_NATS_CA_FILE": false,
 	"PAMWORKER_NATS_CLIENT_CERT_FILE": false, "PAMWORKER_NATS_CLIENT_KEY_FILE": false,
 	"PAMWORKER_NATS_INSECURE_SKIP_VERIFY": false,
-	"PAMWORKER_SIGNED_SUBJECTS":           false, "PAMWORKER_SIGNING_KEYS": true, "PAMWORKER_SIGNATURE_TOLERANCE": false,
+	"PAMWORKER_SIGNED_SUBJECTS":           false, "PAMWORKER_LIMITS": false, "PAMWORKER_SIGNING_KEYS": true, "PAMWORKER_SIGNATURE_TOLERANCE": false,
 }
 
 // Variables returns the names of every environment variable the worker reads.
@@ -166,6 +168,7 @@ type file struct {
 	SigningKeys     string                 `yaml:"signing_keys"`
 	SigningKeysFile string                 `yaml:"signing_keys_file"`
 	SignatureAge    string                 `yaml:"signature_tolerance"`
+	Limits          string                 `yaml:"limits"`
 	LogLevel        string                 `yaml:"log_level"`
 	Segura          map[string]seguraFile  `yaml:"segura"`
 	Element         map[string]elementFile `yaml:"element"`
@@ -271,6 +274,7 @@ func Load(getenv func(string) string, environ []string) (Config, error) {
 		SignedSubjects:  append(f.SignedSubjects, commaList(getenv("PAMWORKER_SIGNED_SUBJECTS"))...),
 		SigningKeys:     handlers.NewSecret(l.secret("PAMWORKER_SIGNING_KEYS", f.SigningKeys, f.SigningKeysFile)),
 		SignatureAge:    l.duration("PAMWORKER_SIGNATURE_TOLERANCE", f.SignatureAge, 5*time.Minute, time.Second, time.Hour),
+		Limits:          cmp.Or(getenv("PAMWORKER_LIMITS"), f.Limits),
 		LogLevel:        l.level("PAMWORKER_LOG_LEVEL", f.LogLevel),
 		Segura:          map[string]Segura{},
 		Element:         map[string]Element{},
@@ -343,6 +347,9 @@ func Load(getenv func(string) string, environ []string) (Config, error) {
 
 // validate checks what Load could not check one value at a time.
 func (c Config) validate() error {
+	if _, err := guard.ParseLimits(c.Limits); err != nil {
+		return fmt.Errorf("PAMWORKER_LIMITS: %w", err)
+	}
 	a := c.NATSAuth
 	ways := 0
 	for _, set := range []bool{a.CredsFile != "", a.NkeySeedFile != "", a.User != "" || !a.Password.IsZero(), !a.Token.IsZero()} {

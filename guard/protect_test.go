@@ -2,6 +2,7 @@ package guard
 
 import (
 	"testing"
+	"time"
 
 	"github.com/pamworker/pamworker/events"
 )
@@ -62,5 +63,21 @@ func TestMatch(t *testing.T) {
 		if got := match(tc.pattern, tc.s); got != tc.want {
 			t.Errorf("match(%q, %q) = %v", tc.pattern, tc.s, got)
 		}
+	}
+}
+
+func TestParseLimits(t *testing.T) {
+	t.Parallel()
+	l, err := ParseLimits(" pam.credential.disable=50/1m , pam.session.drop=200/30s")
+	if err != nil || l["pam.credential.disable"] != (Limit{Max: 50, Window: time.Minute}) || l["pam.session.drop"].Max != 200 {
+		t.Fatalf("%v %v", l, err)
+	}
+	for _, bad := range []string{"pam.credential.disable=50", "pam.credential.disable=0/1m", "pam.nope=5/1m", "pam.session.drop=5/soon", "x"} {
+		if _, err := ParseLimits(bad); err == nil {
+			t.Errorf("%q: no error", bad)
+		}
+	}
+	if l, err := ParseLimits(""); err != nil || len(l) != 0 {
+		t.Errorf("empty: %v %v", l, err)
 	}
 }

@@ -26,6 +26,7 @@ type Metrics struct {
 	redeliver  *prometheus.CounterVec
 	protected  *prometheus.CounterVec
 	paused     prometheus.Gauge
+	held       *prometheus.CounterVec
 }
 
 // NewMetrics creates the metrics and registers them with reg.
@@ -73,7 +74,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Name: "pamworker_paused",
 		Help: "1 while an operator has paused consumption (pamworker pause).",
 	})
-	reg.MustRegister(m.processed, m.requests, m.duration, m.retries, m.inFlight, m.targetUp, m.duplicates, m.redeliver, m.protected, m.paused)
+	m.held = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pamworker_held_total",
+		Help: "Times an event was held back by a blast-radius limit (it waits in the stream).",
+	}, []string{"action"})
+	reg.MustRegister(m.processed, m.requests, m.duration, m.retries, m.inFlight, m.targetUp, m.duplicates, m.redeliver, m.protected, m.paused, m.held)
 	return m
 }
 

@@ -43,6 +43,7 @@ type Config struct {
 	BreakerMaxCool   time.Duration   // longest open period (default 2m)
 	Protected        guard.Protected // objects no event may act on
 	Signatures       *guard.Verifier // subjects whose events must be signed; nil: none
+	Limits           guard.Limits    // blast-radius limits by action
 	Topology         Topology
 	Targets          []string // configured target labels ("segura/default" ...), for target_up
 }
@@ -387,6 +388,22 @@ func (w *Worker) process(soft, hard context.Context, msg jetstream.Msg) {
 			"requested_by", ev.RequestedBy, "correlation_id", ev.CorrelationID)
 		w.m.protected.WithLabelValues(actionLabel(ev.Action)).Inc()
 		w.finish(hard, msg, ev, rejected(ev, rej), start, log)
+		return
+	}
+	switch decision, wait, err := w.blast(hard, ev, received); {
+	case err != nil:
+		log.Warn("ledger unavailable for the blast-radius limit; event deferred", "error", err)
+		w.postpone(msg, ev, "ledger", time.Second)
+		return
+	case decision == holdIt:
+		lim := w.cfg.Limits[ev.Action]
+		log.Warn("event held: blast-radius limit reached; it waits in the stream", "target", ev.Target,
+			"requested_by", ev.RequestedBy, "limit", fmt.Sprintf("%d per %s", lim.Max, lim.Window), "retry_in", wait.Round(time.Millisecond).String())
+		w.m.held.WithLabelValues(actionLabel(ev.Action)).Inc()
+		w.postpone(msg, ev, "held", wait)
+		return
+	case decision == cancelIt:
+		w.finish(hard, msg, ev, rejected(ev, heldCancelled(w.cfg.Limits[ev.Action])), start, log)
 		return
 	}
 

@@ -158,6 +158,7 @@ func startWorker(t *testing.T, env []string, args ...string) *proc {
 		}
 		select {
 		case err := <-p.done:
+			p.done <- err // for the cleanup, which waits on it
 			t.Fatalf("worker exited before ready: %v\n%s", err, p.logs.String())
 		default:
 		}

@@ -41,6 +41,7 @@ const usage = `usage:
                                                    send failed events again, each under a new event id
   pamworker pause [--for DURATION]                 stop every replica taking events (they wait in the stream)
   pamworker resume                                 take events again
+  pamworker hold release|cancel                    run (or reject) events held by a blast-radius limit
   pamworker version                                print the version
 
 Configuration is read from PAMWORKER_* environment variables and the YAML file named by
@@ -50,7 +51,7 @@ PAMWORKER_CONFIG; see README.md.
 // run is the whole program behind main, so tests can start it in-process.
 func run(ctx context.Context, args []string, getenv func(string) string, environ []string, stdout, stderr io.Writer) int {
 	cmd := "run"
-	if len(args) > 0 && (args[0] == "run" || args[0] == "send" || args[0] == "failed" || args[0] == "pause" || args[0] == "resume" || args[0] == "version" || args[0] == "help") {
+	if len(args) > 0 && (args[0] == "run" || args[0] == "send" || args[0] == "failed" || args[0] == "pause" || args[0] == "resume" || args[0] == "hold" || args[0] == "version" || args[0] == "help") {
 		cmd, args = args[0], args[1:]
 	}
 	switch cmd {
@@ -58,6 +59,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, environ
 		return runSend(ctx, args, getenv, environ, stdout, stderr)
 	case "failed":
 		return runFailed(ctx, args, getenv, environ, stdout, stderr)
+	case "hold":
+		return runHold(ctx, args, getenv, environ, stdout, stderr)
 	case "pause", "resume":
 		return runPause(ctx, cmd == "resume", args, getenv, environ, stdout, stderr)
 	case "version":

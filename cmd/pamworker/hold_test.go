@@ -1,0 +1,134 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/pamworker/pamworker/events"
+)
+
+// resultsOf collects results by event id from a core subscription.
+type resultsOf struct {
+	mu sync.Mutex
+	m  map[string]events.Result
+}
+
+func collect(t *testing.T, nc *nats.Conn) *resultsOf {
+	t.Helper()
+	r := &resultsOf{m: map[string]events.Result{}}
+	sub, err := nc.Subscribe("results.>", func(msg *nats.Msg) {
+		var res events.Result
+		if json.Unmarshal(msg.Data, &res) == nil {
+			r.mu.Lock()
+			r.m[res.EventID] = res
+			r.mu.Unlock()
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	return r
+}
+
+func (r *resultsOf) count(prefix string, status events.Status) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for id, res := range r.m {
+		if strings.HasPrefix(id, prefix) && (status == "" || res.Status == status) {
+			n++
+		}
+	}
+	return n
+}
+
+func publishDisables(t *testing.T, js jetstream.JetStream, prefix, requester string, first, n int) {
+	t.Helper()
+	for i := range n {
+		id := fmt.Sprintf("%s-%02d", prefix, i)
+		payload := fmt.Sprintf(`{"event_id":%q,"credential_id":%d,"requested_by":%q}`, id, first+i, requester)
+		if _, err := js.PublishAsync(events.CredentialDisable, []byte(payload), jetstream.WithMsgID(id)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-js.PublishAsyncComplete()
+}
+
+// TestBlastRadius: a playbook gone wrong sends 40 disables against a cap of 10 per 3 s: the
+// first 10 run, the rest are held — not dropped, not failed — and run as the window slides;
+// another requester is not affected.
+func TestBlastRadius(t *testing.T) {
+	t.Parallel()
+	r := newRig(t)
+	env := append(r.env, "PAMWORKER_LIMITS=pam.credential.disable=10/3s")
+	w := startWorker(t, env)
+	res := collect(t, r.nc)
+	publishDisables(t, r.js, "runaway", "playbook-7", 1, 40)
+	publishDisables(t, r.js, "other", "soc-analyst", 60, 5)
+	time.Sleep(1500 * time.Millisecond)
+	if n := res.count("runaway", ""); n > 10 {
+		t.Errorf("%d runaway disables ran within the first window, cap 10", n)
+	}
+	waitUntil(t, 20*time.Second, func() bool { return res.count("other", events.Succeeded) == 5 })
+	waitUntil(t, 60*time.Second, func() bool { return res.count("runaway", "") == 40 })
+	if n := res.count("runaway", events.Succeeded); n != 40 {
+		t.Errorf("%d of 40 held events succeeded; held events must run, not fail", n)
+	}
+	if !strings.Contains(w.get(t, "/metrics"), `pamworker_held_total{action="pam.credential.disable"}`) {
+		t.Error("no held metric")
+	}
+	if !strings.Contains(w.logs.String(), "event held: blast-radius limit reached") {
+		t.Error("no log line for held events")
+	}
+}
+
+// TestHoldReleaseAndCancel: an operator releases what a limit holds, or cancels it.
+func TestHoldReleaseAndCancel(t *testing.T) {
+	t.Parallel()
+	r := newRig(t)
+	env := append(r.env, "PAMWORKER_LIMITS=pam.credential.disable=5/1h")
+	startWorker(t, env)
+	res := collect(t, r.nc)
+	hold := func(verb string) {
+		cmd := exec.Command(binary(t), "hold", verb)
+		cmd.Env = append(baseEnv(), env...)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("hold %s: %v %s", verb, err, out)
+		}
+	}
+	publishDisables(t, r.js, "rel", "p", 1, 15)
+	waitUntil(t, 20*time.Second, func() bool { return res.count("rel", events.Succeeded) == 5 })
+	time.Sleep(time.Second)
+	if n := res.count("rel", ""); n != 5 {
+		t.Fatalf("%d answered, want 5 run and 10 held", n)
+	}
+	hold("release")
+	waitUntil(t, 30*time.Second, func() bool { return res.count("rel", events.Succeeded) == 15 })
+
+	publishDisables(t, r.js, "can", "p", 30, 5) // the window is full: all five are held
+	time.Sleep(time.Second)
+	if n := res.count("can", ""); n != 0 {
+		t.Fatalf("%d answered while the cap was reached", n)
+	}
+	hold("cancel")
+	waitUntil(t, 30*time.Second, func() bool { return res.count("can", events.Rejected) == 5 })
+	res.mu.Lock()
+	defer res.mu.Unlock()
+	for id, rr := range res.m {
+		if strings.HasPrefix(id, "can") && (rr.Error == nil || rr.Error.Code != "held_cancelled") {
+			t.Errorf("%s: %+v", id, rr)
+		}
+	}
+	if active, _, _ := r.segura.Credential(30); !active {
+		t.Error("a cancelled disable was applied")
+	}
+}
