@@ -66,7 +66,7 @@ const maxLoggedRequests = 4096
 // SeguraOptions configures a Segura simulator; zero values take the defaults noted.
 type SeguraOptions struct {
 	ClientID, ClientSecret string
-	Credentials            int // seeded svcNN@hostNN credentials; default SeguraCredentialCount
+	Credentials            int           // seeded svcNN@hostNN credentials; default SeguraCredentialCount
 	TokenTTL               time.Duration // default 1h; sent as expires_in seconds
 	Prefixes               []string      // default {"/api", "/iso"}; the API is served under each
 }
