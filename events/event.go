@@ -86,7 +86,6 @@ const (
 	CodeInvalidEvent        = "invalid_event"
 	CodeEventTooLarge       = "event_too_large"
 	CodeUnknownAction       = "unknown_action"
-	CodeUnknownTarget       = "unknown_target"
 	CodeTargetNotConfigured = "target_not_configured"
 	CodeStaleEvent          = "stale_event"
 )

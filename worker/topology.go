@@ -221,9 +221,3 @@ func ensureLane(ctx context.Context, js jetstream.JetStream, t Topology, lane st
 	}
 	return cons, nil
 }
-
-// ConsumerSettings are the consumer's delivery settings.
-type ConsumerSettings struct {
-	AckWait       time.Duration
-	MaxAckPending int
-}
