@@ -239,6 +239,21 @@ func TestEndToEnd(t *testing.T) {
 		t.Errorf("repeat: vendor called %d times", n)
 	}
 
+	// Dry runs through the binary change nothing at either vendor.
+	deletes := r.element.CallsTo("DeleteAuthSessionsByUsername")
+	for _, tc := range []struct{ subject, payload, want string }{
+		{events.CredentialDisable, `{"credential_id":50,"dry_run":true}`, "/api/pam/credential/50"},
+		{events.ElementSessionsDelete, `{"username":"operator","dry_run":true}`, "would delete 1"},
+	} {
+		stdout, _, code := send(t, r.env, tc.subject, tc.payload, "--wait", "20s")
+		if code != 0 || !strings.Contains(stdout, `"dry_run": true`) || !strings.Contains(stdout, tc.want) {
+			t.Errorf("dry run %s: exit %d\n%s", tc.subject, code, stdout)
+		}
+	}
+	if active, _, _ := r.segura.Credential(50); !active || r.element.CallsTo("DeleteAuthSessionsByUsername") != deletes || r.element.Sessions("operator") != 1 {
+		t.Error("a dry run changed state")
+	}
+
 	// Usage errors exit 2 without publishing.
 	if _, _, code := send(t, r.env, events.SessionDrop); code != 2 {
 		t.Errorf("send without payload: exit %d, want 2", code)
