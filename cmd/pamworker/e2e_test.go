@@ -180,10 +180,11 @@ func (p *proc) get(t *testing.T, path string) string {
 	return string(b)
 }
 
-// send runs `pamworker send` and returns its stdout, stderr and exit status.
-func send(t *testing.T, env []string, args ...string) (string, string, int) {
+// cli runs the binary with args (a sub-command and its arguments) and returns its stdout,
+// stderr and exit status.
+func cli(t *testing.T, env []string, args ...string) (string, string, int) {
 	t.Helper()
-	cmd := exec.Command(binary(t), append([]string{"send"}, args...)...)
+	cmd := exec.Command(binary(t), args...)
 	cmd.Env = append(baseEnv(), env...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -193,6 +194,12 @@ func send(t *testing.T, env []string, args ...string) (string, string, int) {
 		t.Fatal(err)
 	}
 	return stdout.String(), stderr.String(), cmd.ProcessState.ExitCode()
+}
+
+// send runs `pamworker send`.
+func send(t *testing.T, env []string, args ...string) (string, string, int) {
+	t.Helper()
+	return cli(t, env, append([]string{"send"}, args...)...)
 }
 
 func TestEndToEnd(t *testing.T) {
@@ -723,10 +730,8 @@ func TestPauseResume(t *testing.T) {
 	r := newRig(t)
 	w := startWorker(t, r.env)
 	run := func(args ...string) (string, int) {
-		cmd := exec.Command(binary(t), args...)
-		cmd.Env = append(baseEnv(), r.env...)
-		out, _ := cmd.CombinedOutput()
-		return string(out), cmd.ProcessState.ExitCode()
+		stdout, stderr, code := cli(t, r.env, args...)
+		return stdout + stderr, code
 	}
 	if out, code := run("pause"); code != 0 || !strings.Contains(out, "paused") {
 		t.Fatalf("pause: exit %d %s", code, out)

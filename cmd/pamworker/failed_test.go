@@ -1,12 +1,9 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -22,19 +19,10 @@ import (
 // The failed-events tests make events fail for real against the simulators, then list and
 // replay them with the real binary.
 
-// failedCmd runs `pamworker failed` and returns its stdout, stderr and exit status.
+// failedCmd runs `pamworker failed`.
 func failedCmd(t *testing.T, env []string, args ...string) (string, string, int) {
 	t.Helper()
-	cmd := exec.Command(binary(t), append([]string{"failed"}, args...)...)
-	cmd.Env = append(baseEnv(), env...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	var ee *exec.ExitError
-	if err != nil && !errors.As(err, &ee) {
-		t.Fatal(err)
-	}
-	return stdout.String(), stderr.String(), cmd.ProcessState.ExitCode()
+	return cli(t, env, append([]string{"failed"}, args...)...)
 }
 
 // sendFailing sends an event that must fail and returns its event id.

@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -99,10 +98,8 @@ func TestHoldReleaseAndCancel(t *testing.T) {
 	startWorker(t, env)
 	res := collect(t, r.nc)
 	hold := func(verb string) {
-		cmd := exec.Command(binary(t), "hold", verb)
-		cmd.Env = append(baseEnv(), env...)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("hold %s: %v %s", verb, err, out)
+		if out, stderr, code := cli(t, env, "hold", verb); code != 0 {
+			t.Fatalf("hold %s: exit %d %s %s", verb, code, out, stderr)
 		}
 	}
 	publishDisables(t, r.js, "rel", "p", 1, 15)
