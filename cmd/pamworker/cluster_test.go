@@ -8,7 +8,6 @@ import (
 	"net/url"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -128,21 +127,8 @@ func TestClusterLeaderKilled(t *testing.T) {
 		t.Fatalf("events stream has %d replicas, want 3", r)
 	}
 
-	seen := map[string]int{}
-	var mu sync.Mutex
-	sub, err := nc.Subscribe("results.>", func(m *nats.Msg) {
-		var res events.Result
-		if json.Unmarshal(m.Data, &res) == nil {
-			mu.Lock()
-			seen[res.EventID]++
-			mu.Unlock()
-		}
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = sub.Unsubscribe() })
-	count := func() int { mu.Lock(); defer mu.Unlock(); return len(seen) }
+	res := collect(t, nc)
+	count := res.answered
 
 	const n = 600
 	ids := make([]string, n)
@@ -201,7 +187,7 @@ func TestClusterLeaderKilled(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	if stored() < n {
-		diagnose(t, js, ids, seen, &mu)
+		diagnose(t, js, ids, res.counts())
 		t.Fatalf("only %d of %d results stored\n%s", stored(), n, w.logs.String())
 	}
 
@@ -252,7 +238,7 @@ func TestClusterLeaderKilled(t *testing.T) {
 
 // diagnose reports, for events without a result, whether the stream holds them and what the
 // consumer's state is.
-func diagnose(t *testing.T, js jetstream.JetStream, ids []string, seen map[string]int, mu *sync.Mutex) {
+func diagnose(t *testing.T, js jetstream.JetStream, ids []string, seen map[string]int) {
 	ctx := context.Background()
 	inStream := map[string]uint64{}
 	cons, err := js.OrderedConsumer(ctx, "PAMWORKER_EVENTS", jetstream.OrderedConsumerConfig{})
@@ -270,8 +256,6 @@ func diagnose(t *testing.T, js jetstream.JetStream, ids []string, seen map[strin
 			inStream[p.EventID] = md.Sequence.Stream
 		}
 	}
-	mu.Lock()
-	defer mu.Unlock()
 	for _, id := range ids {
 		if seen[id] == 0 {
 			seq, ok := inStream[id]

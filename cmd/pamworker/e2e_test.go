@@ -180,6 +180,64 @@ func (p *proc) get(t *testing.T, path string) string {
 	return string(b)
 }
 
+// resultsOf collects results from a core subscription: the last result and the number of
+// results of every event id.
+type resultsOf struct {
+	mu sync.Mutex
+	m  map[string]events.Result
+	n  map[string]int
+}
+
+func collect(t *testing.T, nc *nats.Conn) *resultsOf {
+	t.Helper()
+	r := &resultsOf{m: map[string]events.Result{}, n: map[string]int{}}
+	sub, err := nc.Subscribe("results.>", func(msg *nats.Msg) {
+		var res events.Result
+		if json.Unmarshal(msg.Data, &res) == nil {
+			r.mu.Lock()
+			r.m[res.EventID] = res
+			r.n[res.EventID]++
+			r.mu.Unlock()
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	return r
+}
+
+// answered is how many distinct events have a result.
+func (r *resultsOf) answered() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.n)
+}
+
+// counts returns a copy of the number of results per event id.
+func (r *resultsOf) counts() map[string]int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make(map[string]int, len(r.n))
+	for k, v := range r.n {
+		out[k] = v
+	}
+	return out
+}
+
+// count is how many events whose id has prefix have a result with status ("" for any).
+func (r *resultsOf) count(prefix string, status events.Status) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for id, res := range r.m {
+		if strings.HasPrefix(id, prefix) && (status == "" || res.Status == status) {
+			n++
+		}
+	}
+	return n
+}
+
 // cli runs the binary with args (a sub-command and its arguments) and returns its stdout,
 // stderr and exit status.
 func cli(t *testing.T, env []string, args ...string) (string, string, int) {
@@ -319,21 +377,8 @@ func TestKillMidLoad(t *testing.T) {
 	env := append(r.env, "PAMWORKER_CONCURRENCY=8", "PAMWORKER_LOG_LEVEL=info", "PAMWORKER_ACK_WAIT=5s", "PAMWORKER_TARGET_RATE=2000")
 	w := startWorker(t, env)
 
-	seen := map[string]int{}
-	var mu sync.Mutex
-	sub, err := r.nc.Subscribe("results.>", func(m *nats.Msg) {
-		var res events.Result
-		if json.Unmarshal(m.Data, &res) == nil {
-			mu.Lock()
-			seen[res.EventID]++
-			mu.Unlock()
-		}
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Unsubscribe()
-	count := func() int { mu.Lock(); defer mu.Unlock(); return len(seen) }
+	res := collect(t, r.nc)
+	count := res.answered
 
 	const n = 1500
 	ids := make([]string, n)
@@ -567,21 +612,8 @@ func TestShutdownUnderLoad(t *testing.T) {
 			env := append(r.env, "PAMWORKER_CONCURRENCY=8", "PAMWORKER_LOG_LEVEL=info",
 				"PAMWORKER_SHUTDOWN_TIMEOUT=10s", "PAMWORKER_ACK_WAIT=5s")
 			w := startWorker(t, env)
-			seen := map[string]int{}
-			var mu sync.Mutex
-			sub, err := r.nc.Subscribe("results.>", func(m *nats.Msg) {
-				var res events.Result
-				if json.Unmarshal(m.Data, &res) == nil {
-					mu.Lock()
-					seen[res.EventID]++
-					mu.Unlock()
-				}
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer sub.Unsubscribe()
-			count := func() int { mu.Lock(); defer mu.Unlock(); return len(seen) }
+			res := collect(t, r.nc)
+			count := res.answered
 
 			const n = 120
 			for i := range n {
@@ -626,9 +658,7 @@ func TestShutdownUnderLoad(t *testing.T) {
 
 			startWorker(t, env)
 			waitUntil(t, 90*time.Second, func() bool { return count() >= n })
-			mu.Lock()
-			defer mu.Unlock()
-			for id, c := range seen {
+			for id, c := range res.counts() {
 				if c != 1 && tc.signals == 1 {
 					t.Errorf("event %s answered %d times", id, c)
 				}

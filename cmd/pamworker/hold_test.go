@@ -1,54 +1,15 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/pamworker/pamworker/events"
 )
-
-// resultsOf collects results by event id from a core subscription.
-type resultsOf struct {
-	mu sync.Mutex
-	m  map[string]events.Result
-}
-
-func collect(t *testing.T, nc *nats.Conn) *resultsOf {
-	t.Helper()
-	r := &resultsOf{m: map[string]events.Result{}}
-	sub, err := nc.Subscribe("results.>", func(msg *nats.Msg) {
-		var res events.Result
-		if json.Unmarshal(msg.Data, &res) == nil {
-			r.mu.Lock()
-			r.m[res.EventID] = res
-			r.mu.Unlock()
-		}
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = sub.Unsubscribe() })
-	return r
-}
-
-func (r *resultsOf) count(prefix string, status events.Status) int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	n := 0
-	for id, res := range r.m {
-		if strings.HasPrefix(id, prefix) && (status == "" || res.Status == status) {
-			n++
-		}
-	}
-	return n
-}
 
 func publishDisables(t *testing.T, js jetstream.JetStream, prefix, requester string, first, n int) {
 	t.Helper()
