@@ -8,6 +8,7 @@ import (
 	"math/rand"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -29,14 +30,34 @@ const (
 
 // SandboxSessions returns the ids of the remote sessions open in a new Segura.
 func SandboxSessions() []string {
-	return []string{
-		"e95d6160bbfbe6f1594bd0ff29d102dc",
-		"8bcd50c58395644230b804ba12703242",
-		"8a68d2b3ccff4c29a5b4303f2f402aaf",
-		"f2ed5cbd586154dd6ad78026b0d6cfcf",
-		"b43df09bb56675bc203c95134e7ef129",
+	ids := make([]string, len(seedSessions))
+	for i, s := range seedSessions {
+		ids[i] = s.id
 	}
+	return ids
 }
+
+// SandboxSessionOwner returns the user who opened seed session id, "" if there is none.
+func SandboxSessionOwner(id string) string {
+	for _, s := range seedSessions {
+		if s.id == id {
+			return s.user
+		}
+	}
+	return ""
+}
+
+// seedSessions are the remote sessions open in a new Segura; the last is a break-glass user's.
+var seedSessions = []struct{ id, user, credential, device, protocol string }{
+	{"e95d6160bbfbe6f1594bd0ff29d102dc", "alice", "root", "10.0.0.11:22", "ssh"},
+	{"8bcd50c58395644230b804ba12703242", "bob", "svc07", "10.0.0.12:22", "ssh"},
+	{"8a68d2b3ccff4c29a5b4303f2f402aaf", "carol", "admin", "10.0.0.13:3389", "rdp"},
+	{"f2ed5cbd586154dd6ad78026b0d6cfcf", "alice", "svc12", "10.0.0.14:22", "ssh"},
+	{"b43df09bb56675bc203c95134e7ef129", "breakglass", "root", "10.0.0.11:22", "ssh"},
+}
+
+// SessionUser is who opens the sessions AddSession creates.
+const SessionUser = "operator"
 
 // The vendor's texts, as the documentation spells them.
 const (
@@ -100,7 +121,8 @@ type Segura struct {
 	tokens        map[string]time.Time // token -> issue time
 	items         map[int]*seguraItem
 	byName        map[string]int // "username@hostname" -> id
-	sessions      map[string]bool
+	sessions      map[string]*seguraSession
+	sessionSeq    int
 	revoked       bool
 	latency       time.Duration
 	faults        faultQueue[Fault]
@@ -126,6 +148,13 @@ const (
 	kindNotCredential
 )
 
+// seguraSession is one remote session: open until dropped, then kept (and listed) with its end.
+type seguraSession struct {
+	seq                                int // Segura's own numeric id, not the session_id hash
+	user, credential, device, protocol string
+	start, end                         time.Time
+}
+
 type seguraItem struct {
 	kind               itemKind
 	username, hostname string
@@ -146,7 +175,7 @@ func NewSegura(opts SeguraOptions) *Segura {
 		tokens:       map[string]time.Time{},
 		items:        map[int]*seguraItem{},
 		byName:       map[string]int{},
-		sessions:     map[string]bool{},
+		sessions:     map[string]*seguraSession{},
 	}
 	for _, p := range prefixes {
 		if p = strings.Trim(p, "/"); p != "" {
@@ -161,10 +190,16 @@ func NewSegura(opts SeguraOptions) *Segura {
 	s.addItem(AdminCredentialID, &seguraItem{username: "admin", hostname: "web01", active: true})
 	s.addItem(NoAccessCredentialID, &seguraItem{kind: kindNoAccess, username: "restricted", hostname: "vault01", active: true})
 	s.addItem(NotCredentialID, &seguraItem{kind: kindNotCredential})
-	for _, id := range SandboxSessions() {
-		s.sessions[id] = true
+	for _, ss := range seedSessions {
+		s.openSessionLocked(ss.id, ss.user, ss.credential, ss.device, ss.protocol)
 	}
 	return s
+}
+
+func (s *Segura) openSessionLocked(id, user, credential, device, protocol string) {
+	s.sessionSeq++
+	s.sessions[id] = &seguraSession{seq: s.sessionSeq, user: user, credential: credential,
+		device: device, protocol: protocol, start: s.now()}
 }
 
 func (s *Segura) addItem(id int, it *seguraItem) {
@@ -188,10 +223,22 @@ func (s *Segura) Describe() string {
                %d = admin@web01, active
                %d = restricted@vault01, no access (1009)
                %d = not a credential (1010)
-  sessions:    %s`,
+  sessions:    %s
+               (listed by GET <prefix>/pam/session/remotesessions)`,
 		SeguraTokenPath, s.ttl, strings.Join(s.prefixes, ", "), SeguraCredentialCount,
 		CustodyCredentialID, AdminCredentialID, NoAccessCredentialID, NotCredentialID,
-		strings.Join(SandboxSessions(), ", "))
+		describeSessions())
+}
+
+func describeSessions() string {
+	var b strings.Builder
+	for i, ss := range seedSessions {
+		if i > 0 {
+			b.WriteString("\n               ")
+		}
+		fmt.Fprintf(&b, "%s (%s)", ss.id, ss.user)
+	}
+	return b.String()
 }
 
 // ServeHTTP answers one request. Order: token endpoint; count and latency; unknown prefix (404);
@@ -332,6 +379,11 @@ func (s *Segura) route(w http.ResponseWriter, r *http.Request, sub string) {
 	var act func(string) reply
 	var allow string
 	switch {
+	case len(seg) == 3 && seg[0] == "pam" && seg[1] == "session" && seg[2] == "remotesessions":
+		allow = http.MethodGet
+		if r.Method == http.MethodGet {
+			act = s.listSessions
+		}
 	case len(seg) == 4 && seg[0] == "pam" && seg[1] == "session" && seg[2] == "drop" && seg[3] != "":
 		allow = http.MethodDelete
 		if r.Method == http.MethodDelete {
@@ -367,10 +419,11 @@ func (s *Segura) route(w http.ResponseWriter, r *http.Request, sub string) {
 func (s *Segura) dropSession(id string) reply {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if !s.sessions[id] {
+	ss, ok := s.sessions[id]
+	if !ok || !ss.end.IsZero() {
 		return failure(http.StatusBadRequest, msgDropError)
 	}
-	delete(s.sessions, id)
+	ss.end = s.now()
 	rep := success(msgDropped)
 	rep.mensagem = msgDroppedPT
 	rep.tenant = "Segura"
@@ -534,18 +587,53 @@ func (s *Segura) Credential(id int) (active, inCustody, ok bool) {
 	return it.active, it.custody, true
 }
 
+// listSessions answers GET pam/session/remotesessions: every session, open or ended, in the
+// order they were opened, as the vendor's "List all remote sessions" page shows them.
+func (s *Segura) listSessions(string) reply {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	list := make([]seguraRemoteSession, 0, len(s.sessions))
+	for id, ss := range s.sessions {
+		rs := seguraRemoteSession{
+			ID: strconv.Itoa(ss.seq), User: ss.user, OriginIP: "172.16.20.158", Credential: ss.credential,
+			Device: ss.device, Protocol: ss.protocol, Proxy: "Web Proxy", SessionID: id,
+			Start: ss.start.Format(seguraTime), PreventPurge: "No",
+		}
+		if !ss.end.IsZero() {
+			rs.End = ss.end.Format(seguraTime)
+			rs.Time = time.Time{}.Add(ss.end.Sub(ss.start)).Format(time.TimeOnly)
+		}
+		list = append(list, rs)
+	}
+	slices.SortFunc(list, func(a, b seguraRemoteSession) int {
+		x, _ := strconv.Atoi(a.ID)
+		y, _ := strconv.Atoi(b.ID)
+		return cmp.Compare(x, y)
+	})
+	rep := success("")
+	rep.sessions = &list
+	return rep
+}
+
+// seguraTime is how Segura writes times in session lists.
+const seguraTime = "2006-01-02 15:04:05"
+
 // SessionOpen reports whether remote session id is open.
 func (s *Segura) SessionOpen(id string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.sessions[id]
+	ss, ok := s.sessions[id]
+	return ok && ss.end.IsZero()
 }
 
-// AddSession opens a new remote session and returns its id (32 hex characters).
-func (s *Segura) AddSession() string {
+// AddSession opens a new remote session of SessionUser and returns its id (32 hex characters).
+func (s *Segura) AddSession() string { return s.AddSessionFor(SessionUser) }
+
+// AddSessionFor opens a new remote session of user and returns its id (32 hex characters).
+func (s *Segura) AddSessionFor(user string) string {
 	id := randomHex(16)
 	s.mu.Lock()
-	s.sessions[id] = true
+	s.openSessionLocked(id, user, "svc01", "10.0.0.21:22", "ssh")
 	s.mu.Unlock()
 	return id
 }

@@ -760,3 +760,65 @@ func BenchmarkSeguraServeHTTP(b *testing.B) {
 		}
 	})
 }
+
+// TestSeguraSessionList checks "List all remote sessions": every seed session with its user,
+// open ones without an end, a dropped one still listed with its end.
+func TestSeguraSessionList(t *testing.T) {
+	t.Parallel()
+	g := setupSegura(t)
+	dropped := SandboxSessions()[1]
+	g.expect(t, "DELETE", "/api/pam/session/drop/"+dropped, 200, seedDropOK)
+	added := g.sim.AddSessionFor("dave")
+
+	status, _, body := g.call(t, "GET", "/api/pam/session/remotesessions")
+	if status != 200 {
+		t.Fatalf("list: %d %s", status, body)
+	}
+	var env struct {
+		Code     int `json:"code"`
+		Response struct {
+			Error bool `json:"error"`
+		} `json:"response"`
+		Sessions []map[string]any `json:"remote_sessions"`
+	}
+	if err := json.Unmarshal(body, &env); err != nil {
+		t.Fatal(err)
+	}
+	if env.Code != 200 || env.Response.Error || len(env.Sessions) != len(SandboxSessions())+1 {
+		t.Fatalf("list envelope: %s", body)
+	}
+	// The fields the vendor's page documents, each present.
+	fields := []string{"id", "user", "origin_ip", "credential", "device", "protocol", "proxy",
+		"session_id", "start", "end", "time", "prevent_purge", "request", "ITSM"}
+	owners := map[string]string{}
+	for i, s := range env.Sessions {
+		for _, f := range fields {
+			if _, ok := s[f]; !ok {
+				t.Errorf("session %d has no %q: %v", i, f, s)
+			}
+		}
+		if s["id"] != fmt.Sprint(i+1) {
+			t.Errorf("session %d has id %v, want them in opening order", i, s["id"])
+		}
+		id, _ := s["session_id"].(string)
+		owners[id], _ = s["user"].(string)
+		ended := s["end"] != ""
+		if ended != (id == dropped) {
+			t.Errorf("session %s: end %q", id, s["end"])
+		}
+	}
+	for _, id := range SandboxSessions() {
+		if owners[id] != SandboxSessionOwner(id) || owners[id] == "" {
+			t.Errorf("session %s listed as %q's, want %q's", id, owners[id], SandboxSessionOwner(id))
+		}
+	}
+	if owners[added] != "dave" {
+		t.Errorf("added session listed as %q's", owners[added])
+	}
+	if status, _, _ := g.call(t, "DELETE", "/api/pam/session/remotesessions"); status != http.StatusMethodNotAllowed {
+		t.Errorf("DELETE on the list: %d", status)
+	}
+	if status, _, _ := g.call(t, "GET", "/iso/pam/session/remotesessions"); status != 200 {
+		t.Errorf("list under /iso: %d", status)
+	}
+}

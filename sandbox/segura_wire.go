@@ -15,17 +15,37 @@ type reply struct {
 	mensagem   string // Portuguese message; defaults to message
 	tenant     string
 	credential *seguraCredential
+	sessions   *[]seguraRemoteSession
 }
 
 func success(msg string) reply             { return reply{status: http.StatusOK, message: msg} }
 func failure(status int, msg string) reply { return reply{status: status, message: msg} }
 
 type seguraEnvelope struct {
-	Code       int               `json:"code"`
-	Response   seguraStatus      `json:"response"`
-	Tenant     string            `json:"tenant,omitempty"`
-	Exception  *seguraException  `json:"exception,omitempty"`
-	Credential *seguraCredential `json:"credential,omitempty"`
+	Code       int                    `json:"code"`
+	Response   seguraStatus           `json:"response"`
+	Tenant     string                 `json:"tenant,omitempty"`
+	Exception  *seguraException       `json:"exception,omitempty"`
+	Credential *seguraCredential      `json:"credential,omitempty"`
+	Sessions   *[]seguraRemoteSession `json:"remote_sessions,omitempty"`
+}
+
+// seguraRemoteSession is one entry of "List all remote sessions", field for field.
+type seguraRemoteSession struct {
+	ID           string  `json:"id"`
+	User         string  `json:"user"`
+	OriginIP     string  `json:"origin_ip"`
+	Credential   string  `json:"credential"`
+	Device       string  `json:"device"`
+	Protocol     string  `json:"protocol"`
+	Proxy        string  `json:"proxy"`
+	SessionID    string  `json:"session_id"`
+	Start        string  `json:"start"`
+	End          string  `json:"end"`
+	Time         string  `json:"time"`
+	PreventPurge string  `json:"prevent_purge"`
+	Request      *string `json:"request"`
+	ITSM         *string `json:"ITSM"`
 }
 
 type seguraStatus struct {
@@ -65,6 +85,7 @@ func writeSegura(w http.ResponseWriter, rep reply) {
 		},
 		Tenant:     rep.tenant,
 		Credential: rep.credential,
+		Sessions:   rep.sessions,
 	}
 	if rep.status != http.StatusOK {
 		env.Response.Error, env.Response.Erro = true, true
