@@ -23,6 +23,9 @@ type Protected struct {
 	Credentials map[string][]string
 	// Users of each Element target whose sessions must not be deleted.
 	ElementUsers map[string][]string
+	// Users of each Segura target whose remote sessions must not be dropped. A drop event names
+	// only the session, so its owner is looked up on the target (see SessionOwnerCheck).
+	SessionOwners map[string][]string
 }
 
 // Check returns a protected_object rejection if ev acts on a protected object, else nil.
@@ -46,14 +49,40 @@ func (p Protected) Check(ev events.Event) *events.Rejection {
 	default:
 		return nil
 	}
+	if entry, ok := firstMatch(list, obj); ok {
+		return &events.Rejection{Code: CodeProtected, Message: fmt.Sprintf(
+			"%s is protected on %s target %q (matches %q); pamworker never acts on it", ev.Object(), vendorOf(ev.Action), ev.Target, entry)}
+	}
+	return nil
+}
+
+// SessionOwnerCheck returns the check a session drop on Segura target makes once it knows who
+// opened the session: a protected_object rejection if that owner is protected, else nil. It
+// returns nil when no owner is protected there, so no lookup is made.
+func (p Protected) SessionOwnerCheck(target string) func(sessionID, owner string) *events.Rejection {
+	list := p.SessionOwners[target]
+	if len(list) == 0 {
+		return nil
+	}
+	return func(sessionID, owner string) *events.Rejection {
+		if entry, ok := firstMatch(list, owner); ok {
+			return &events.Rejection{Code: CodeProtected, Message: fmt.Sprintf(
+				"session %s was opened by %q, a protected session owner on segura target %q (matches %q); pamworker never drops it",
+				sessionID, owner, target, entry)}
+		}
+		return nil
+	}
+}
+
+// firstMatch returns the first entry of list whose skeleton matches obj's.
+func firstMatch(list []string, obj string) (string, bool) {
 	s := skeleton(obj)
 	for _, entry := range list {
 		if match(skeleton(entry), s) {
-			return &events.Rejection{Code: CodeProtected, Message: fmt.Sprintf(
-				"%s is protected on %s target %q (matches %q); pamworker never acts on it", ev.Object(), vendorOf(ev.Action), ev.Target, entry)}
+			return entry, true
 		}
 	}
-	return nil
+	return "", false
 }
 
 func vendorOf(action string) string {

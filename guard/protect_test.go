@@ -1,6 +1,7 @@
 package guard
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -47,6 +48,30 @@ func TestProtected(t *testing.T) {
 		}
 		if rej != nil && rej.Code != CodeProtected {
 			t.Errorf("%s: code %q", tc.name, rej.Code)
+		}
+	}
+}
+
+func TestSessionOwnerCheck(t *testing.T) {
+	t.Parallel()
+	p := Protected{SessionOwners: map[string][]string{"default": {"breakglass", "svc-*"}}}
+	if p.SessionOwnerCheck("branch") != nil {
+		t.Fatal("a target with no protected owner needs no lookup, so its check must be nil")
+	}
+	check := p.SessionOwnerCheck("default")
+	for _, tc := range []struct {
+		owner     string
+		protected bool
+	}{
+		{"breakglass", true}, {" BreakGlass ", true}, {"breаkglass", true}, {"ｂｒｅａｋｇｌａｓｓ", true},
+		{"svc-backup", true}, {"alice", false}, {"breakglass2", false}, {"", false},
+	} {
+		rej := check("e95d6160", tc.owner)
+		if got := rej != nil; got != tc.protected {
+			t.Errorf("owner %q: protected = %v (%v), want %v", tc.owner, got, rej, tc.protected)
+		}
+		if rej != nil && (rej.Code != CodeProtected || !strings.Contains(rej.Message, "e95d6160")) {
+			t.Errorf("owner %q: %+v", tc.owner, rej)
 		}
 	}
 }
