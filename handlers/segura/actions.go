@@ -48,13 +48,29 @@ func (c *Client) Handle(ctx context.Context, ev events.Event) (handlers.Outcome,
 		// Decoding already validated the ids; reaching here means an event that bypassed it.
 		return handlers.Outcome{}, &events.Rejection{Code: events.CodeInvalidEvent, Message: err.Error()}
 	}
+	var owner string
+	if ev.Action == events.SessionDrop && c.ownerCheck != nil {
+		// A read that grants nothing and reveals no secret, so a dry run makes it too.
+		if owner, err = c.checkOwner(ctx, ev); err != nil {
+			return handlers.Outcome{}, err
+		}
+	}
+	var out handlers.Outcome
 	if ev.DryRun {
-		return handlers.Outcome{
+		out = handlers.Outcome{
 			Message: fmt.Sprintf("dry run: would send %s %s", req.Method, req.URL),
 			Details: map[string]any{"request": req},
-		}, nil
+		}
+	} else if out, err = c.do(ctx, op, req); err != nil {
+		return out, err
 	}
-	return c.do(ctx, op, req)
+	if owner != "" {
+		if out.Details == nil {
+			out.Details = map[string]any{}
+		}
+		out.Details["session_owner"] = owner
+	}
+	return out, nil
 }
 
 // Register adds the handlers of Segura's actions to r, dispatching on the event's target. With

@@ -18,6 +18,7 @@ const (
 	opDisable
 	opEnable
 	opCustodyRelease
+	opSessionList
 )
 
 // noopCode is the vendor code that means "already in the wanted state" for each operation.

@@ -28,6 +28,9 @@ type Config struct {
 	ClientID     string
 	ClientSecret handlers.Secret
 	HTTPClient   *http.Client // shared by API and token requests
+	// OwnerCheck, when set, makes every session drop look up who opened the session first and
+	// refuse it if the check says so. Nil: drops make no lookup.
+	OwnerCheck OwnerCheck
 }
 
 // Client calls one Segura instance.
@@ -36,6 +39,9 @@ type Client struct {
 	root   string // scheme://host[/path] + API prefix, no trailing slash
 	hc     *http.Client
 	tokens *tokens
+
+	ownerCheck OwnerCheck
+	owners     *owners
 }
 
 // New checks cfg and returns a Client.
@@ -60,9 +66,11 @@ func New(cfg Config) (*Client, error) {
 		name = "default"
 	}
 	return &Client{
-		name: name,
-		root: root,
-		hc:   hc,
+		name:       name,
+		root:       root,
+		hc:         hc,
+		ownerCheck: cfg.OwnerCheck,
+		owners:     newOwners(),
 		tokens: &tokens{
 			cc: clientcredentials.Config{
 				ClientID:     cfg.ClientID,
@@ -135,39 +143,53 @@ func credentialSegment(id int64, username, hostname string) (string, error) {
 	return username + "@" + hostname, nil
 }
 
-// do sends one API call with the bearer token and classifies the reply. A token refused by the
-// API is dropped and refetched once before the refusal counts.
+// do sends one API call with the bearer token and classifies the reply.
 func (c *Client) do(ctx context.Context, op operation, req Request) (handlers.Outcome, error) {
+	out, _, err := c.call(ctx, op, req, maxReply)
+	return out, err
+}
+
+// Largest replies read: an action's envelope, and the remote session list, which the vendor
+// warns "can be very long".
+const (
+	maxReply       = 1 << 20
+	maxSessionList = 64 << 20
+)
+
+// call sends one API call with the bearer token and classifies the reply, which it returns
+// too. A token refused by the API is dropped and refetched once before the refusal counts.
+func (c *Client) call(ctx context.Context, op operation, req Request, limit int64) (handlers.Outcome, []byte, error) {
 	for try := 0; ; try++ {
 		tok, err := c.tokens.get(ctx)
 		if err != nil {
-			return handlers.Outcome{}, err
+			return handlers.Outcome{}, nil, err
 		}
-		out, authRefused, err := c.send(ctx, op, req, tok)
+		out, body, authRefused, err := c.send(ctx, op, req, tok, limit)
 		if authRefused && try == 0 {
 			c.tokens.invalidate(tok)
 			continue
 		}
-		return out, err
+		return out, body, err
 	}
 }
 
 // send makes one HTTP request. authRefused reports a reply that means the token was refused.
-func (c *Client) send(ctx context.Context, op operation, r Request, tok *oauth2.Token) (out handlers.Outcome, authRefused bool, err error) {
+func (c *Client) send(ctx context.Context, op operation, r Request, tok *oauth2.Token, limit int64) (out handlers.Outcome, body []byte, authRefused bool, err error) {
 	req, err := http.NewRequestWithContext(ctx, r.Method, r.URL, nil)
 	if err != nil {
-		return out, false, &handlers.PermanentError{VendorError: handlers.VendorError{Code: "bad_request", Message: err.Error()}}
+		return out, nil, false, &handlers.PermanentError{VendorError: handlers.VendorError{Code: "bad_request", Message: err.Error()}}
 	}
 	req.Header.Set("Authorization", "Bearer "+tok.AccessToken)
 	req.Header.Set("Accept", "application/json")
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return out, false, handlers.TransportError(ctx, err)
+		return out, nil, false, handlers.TransportError(ctx, err)
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	body, err = io.ReadAll(io.LimitReader(resp.Body, limit)) // a longer reply is cut, and fails to parse
 	if err != nil {
-		return out, false, handlers.TransportError(ctx, err)
+		return out, nil, false, handlers.TransportError(ctx, err)
 	}
-	return classify(op, resp.StatusCode, resp.Header, body, time.Now())
+	out, authRefused, err = classify(op, resp.StatusCode, resp.Header, body, time.Now())
+	return out, body, authRefused, err
 }

@@ -1,0 +1,122 @@
+package segura
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/pamworker/pamworker/events"
+	"github.com/pamworker/pamworker/handlers"
+)
+
+// CodeSessionNotListed is the rejection of a drop whose session Segura does not list, when
+// session owners are protected: its owner cannot be checked, so nothing is dropped.
+const CodeSessionNotListed = "session_not_listed"
+
+// OwnerCheck decides, once a session's owner is known, whether the session may be dropped:
+// nil, or the rejection to answer with.
+type OwnerCheck func(sessionID, owner string) *events.Rejection
+
+// owners finds who opened a remote session, from Segura's "List all remote sessions"
+// (GET {prefix}/pam/session/remotesessions). A session's owner never changes, so the last list
+// answers every session it holds; a session missing from it is looked up again only in a list
+// fetched after the question was asked. One fetch runs at a time and a burst of drops shares it.
+type owners struct {
+	sem     chan struct{}     // held while reading or refreshing the fields below
+	byID    map[string]string // session_id -> user, from the last list
+	fetched time.Time         // when the request for that list was sent
+}
+
+func newOwners() *owners { return &owners{sem: make(chan struct{}, 1)} }
+
+// sessionOwner returns who opened session id, and whether Segura lists it at all.
+func (c *Client) sessionOwner(ctx context.Context, id string) (owner string, listed bool, err error) {
+	asked := time.Now()
+	select {
+	case c.owners.sem <- struct{}{}:
+	case <-ctx.Done():
+		return "", false, handlers.TransportError(ctx, ctx.Err())
+	}
+	defer func() { <-c.owners.sem }()
+	if owner, ok := c.owners.byID[id]; ok {
+		return owner, true, nil
+	}
+	if c.owners.fetched.After(asked) {
+		return "", false, nil
+	}
+	start := time.Now()
+	list, err := c.listSessions(ctx)
+	if err != nil {
+		return "", false, err
+	}
+	c.owners.byID, c.owners.fetched = list, start
+	owner, listed = list[id]
+	return owner, listed, nil
+}
+
+// listedSession is the part of a session list entry the owner check needs. One version of the
+// vendor's documentation shows the list nested in an envelope of its own, so entries may hold
+// a list again.
+type listedSession struct {
+	SessionID string          `json:"session_id"`
+	User      string          `json:"user"`
+	Nested    []listedSession `json:"remote_sessions"`
+}
+
+// listSessions fetches every remote session Segura lists and maps its session_id to its user.
+func (c *Client) listSessions(ctx context.Context) (map[string]string, error) {
+	u, err := endpoint(c.root, "/pam/session/remotesessions")
+	if err != nil {
+		return nil, err
+	}
+	_, body, err := c.call(ctx, opSessionList, Request{Method: http.MethodGet, URL: u}, maxSessionList)
+	if err != nil {
+		return nil, err
+	}
+	var reply struct {
+		Sessions *[]listedSession `json:"remote_sessions"`
+	}
+	if err := json.Unmarshal(body, &reply); err != nil || reply.Sessions == nil {
+		msg := "the remote session list is not a Segura session list"
+		if len(body) >= maxSessionList {
+			// Cut at the limit: retrying would cut it again.
+			return nil, &handlers.PermanentError{VendorError: handlers.VendorError{Code: "session_list_too_large",
+				Message:    fmt.Sprintf("the remote session list is larger than %d MiB; session owners cannot be checked", maxSessionList>>20),
+				HTTPStatus: http.StatusOK}}
+		}
+		return nil, &handlers.RetryableError{VendorError: handlers.VendorError{Code: "unexpected_reply", Message: msg,
+			HTTPStatus: http.StatusOK}, Reason: handlers.ReasonServer}
+	}
+	m := map[string]string{}
+	var walk func([]listedSession)
+	walk = func(list []listedSession) {
+		for _, s := range list {
+			if s.SessionID != "" {
+				m[s.SessionID] = s.User
+			}
+			walk(s.Nested)
+		}
+	}
+	walk(*reply.Sessions)
+	return m, nil
+}
+
+// checkOwner looks up who opened the session ev drops and applies the owner check. It returns
+// the owner, for the result's details.
+func (c *Client) checkOwner(ctx context.Context, ev events.Event) (string, error) {
+	owner, listed, err := c.sessionOwner(ctx, ev.SessionID)
+	if err != nil {
+		return "", err
+	}
+	if !listed {
+		return "", &events.Rejection{Code: CodeSessionNotListed, Message: fmt.Sprintf(
+			"session %s is not in Segura's remote session list, so its owner cannot be checked against the protected session owners; nothing was dropped",
+			ev.SessionID)}
+	}
+	if rej := c.ownerCheck(ev.SessionID, owner); rej != nil {
+		return owner, rej
+	}
+	return owner, nil
+}
