@@ -73,6 +73,8 @@ type Segura struct {
 	APIPrefix    string // default /api
 	TLS          handlers.TLSFiles
 	Protected    []string // credential ids and username@hostname patterns never acted on
+	// users whose remote sessions are never dropped; each drop then looks its session's owner up
+	ProtectedOwners []string
 }
 
 // Element is one Element cluster.
@@ -120,7 +122,8 @@ var env = map[string]bool{ // name → has a _FILE form
 	"PAMWORKER_ELEMENT_CA_FILE": false, "PAMWORKER_ELEMENT_CLIENT_CERT_FILE": false,
 	"PAMWORKER_ELEMENT_CLIENT_KEY_FILE": false, "PAMWORKER_ELEMENT_INSECURE_SKIP_VERIFY": false,
 	"PAMWORKER_SEGURA_PROTECTED_CREDENTIALS": false, "PAMWORKER_ELEMENT_PROTECTED_USERS": false,
-	"PAMWORKER_NATS_CREDS_FILE": false, "PAMWORKER_NATS_NKEY_SEED_FILE": false, "PAMWORKER_NATS_USER": false,
+	"PAMWORKER_SEGURA_PROTECTED_SESSION_OWNERS": false,
+	"PAMWORKER_NATS_CREDS_FILE":                 false, "PAMWORKER_NATS_NKEY_SEED_FILE": false, "PAMWORKER_NATS_USER": false,
 	"PAMWORKER_NATS_PASSWORD": true, "PAMWORKER_NATS_TOKEN": true, "PAMWORKER_NATS_CA_FILE": false,
 	"PAMWORKER_NATS_CLIENT_CERT_FILE": false, "PAMWORKER_NATS_CLIENT_KEY_FILE": false,
 	"PAMWORKER_NATS_INSECURE_SKIP_VERIFY": false,
@@ -183,6 +186,7 @@ type seguraFile struct {
 	TokenURL         string   `yaml:"token_url"`
 	APIPrefix        string   `yaml:"api_prefix"`
 	Protected        []string `yaml:"protected_credentials"`
+	ProtectedOwners  []string `yaml:"protected_session_owners"`
 	tlsFile          `yaml:",inline"`
 }
 
@@ -282,13 +286,14 @@ func Load(getenv func(string) string, environ []string) (Config, error) {
 	for name, s := range f.Segura {
 		p := "segura." + name
 		c.Segura[name] = Segura{
-			URL:          s.URL,
-			ClientID:     l.fileOr(p+".client_id", s.ClientID, s.ClientIDFile),
-			ClientSecret: handlers.NewSecret(l.fileOr(p+".client_secret", s.ClientSecret, s.ClientSecretFile)),
-			TokenURL:     s.TokenURL,
-			APIPrefix:    s.APIPrefix,
-			TLS:          l.tls(p, s.tlsFile),
-			Protected:    s.Protected,
+			URL:             s.URL,
+			ClientID:        l.fileOr(p+".client_id", s.ClientID, s.ClientIDFile),
+			ClientSecret:    handlers.NewSecret(l.fileOr(p+".client_secret", s.ClientSecret, s.ClientSecretFile)),
+			TokenURL:        s.TokenURL,
+			APIPrefix:       s.APIPrefix,
+			TLS:             l.tls(p, s.tlsFile),
+			Protected:       s.Protected,
+			ProtectedOwners: s.ProtectedOwners,
 		}
 	}
 	for name, e := range f.Element {
@@ -326,6 +331,7 @@ func Load(getenv func(string) string, environ []string) (Config, error) {
 		d.APIPrefix = cmp.Or(getenv("PAMWORKER_SEGURA_API_PREFIX"), d.APIPrefix)
 		d.TLS = l.envTLS("PAMWORKER_SEGURA_", d.TLS)
 		d.Protected = append(d.Protected, list(getenv("PAMWORKER_SEGURA_PROTECTED_CREDENTIALS"))...)
+		d.ProtectedOwners = append(d.ProtectedOwners, list(getenv("PAMWORKER_SEGURA_PROTECTED_SESSION_OWNERS"))...)
 		c.Segura["default"] = d
 	}
 	if u := getenv("PAMWORKER_ELEMENT_URL"); u != "" || f.Element["default"].URL != "" {

@@ -609,3 +609,48 @@ func TestNATSIdentity(t *testing.T) {
 		}
 	}
 }
+
+// TestProtectedLists: the file's lists and the environment's are both kept (the environment
+// adds to the default target's), entries are split on ';' (LDAP DNs hold commas) and trimmed.
+func TestProtectedLists(t *testing.T) {
+	t.Parallel()
+	file := writeFile(t, "pamworker.yaml", `
+segura:
+  default:
+    url: https://segura.example.com
+    client_id: c
+    client_secret: s
+    protected_credentials: ["94"]
+    protected_session_owners: [breakglass]
+  dr:
+    url: https://dr.example.com
+    client_id: c
+    client_secret: s
+    protected_session_owners: [dr-admin]
+element:
+  default:
+    url: https://mvip.example.com/json-rpc/12.0
+    username: admin
+    password: pw
+    protected_users: [ops]
+`)
+	c := mustLoad(t, map[string]string{
+		"PAMWORKER_CONFIG":                          file,
+		"PAMWORKER_SEGURA_PROTECTED_CREDENTIALS":    "root@db01; breakglass-*@*",
+		"PAMWORKER_SEGURA_PROTECTED_SESSION_OWNERS": " svc-a2a ;auditor",
+		"PAMWORKER_ELEMENT_PROTECTED_USERS":         "CN=Jane Doe,OU=Ops,DC=example,DC=com",
+	})
+	for _, ch := range []struct {
+		name      string
+		got, want []string
+	}{
+		{"segura credentials", c.Segura["default"].Protected, []string{"94", "root@db01", "breakglass-*@*"}},
+		{"segura session owners", c.Segura["default"].ProtectedOwners, []string{"breakglass", "svc-a2a", "auditor"}},
+		{"dr session owners", c.Segura["dr"].ProtectedOwners, []string{"dr-admin"}},
+		{"element users", c.Element["default"].Protected, []string{"ops", "CN=Jane Doe,OU=Ops,DC=example,DC=com"}},
+	} {
+		if !reflect.DeepEqual(ch.got, ch.want) {
+			t.Errorf("%s = %q, want %q", ch.name, ch.got, ch.want)
+		}
+	}
+}
