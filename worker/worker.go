@@ -384,10 +384,7 @@ func (w *Worker) process(soft, hard context.Context, msg jetstream.Msg) {
 		return
 	}
 	if rej := w.cfg.Protected.Check(ev); rej != nil {
-		log.Warn("event against a protected object refused", "target", ev.Target, "reason", rej.Message,
-			"requested_by", ev.RequestedBy, "correlation_id", ev.CorrelationID)
-		w.m.protected.WithLabelValues(actionLabel(ev.Action)).Inc()
-		w.finish(hard, msg, ev, rejected(ev, rej), start, log)
+		w.refuseProtected(hard, msg, ev, rejected(ev, rej), start, log)
 		return
 	}
 	switch decision, wait, err := w.blast(hard, ev, received); {
@@ -439,7 +436,14 @@ func (w *Worker) process(soft, hard context.Context, msg jetstream.Msg) {
 	res.Attempts = attempts
 	switch {
 	case errors.As(err, &rej):
-		w.finish(hard, msg, ev, rejected(ev, rej), start, log)
+		// The handler refused after a look (a session's owner): nothing was changed.
+		res = rejected(ev, rej)
+		res.Attempts = attempts
+		if rej.Code == guard.CodeProtected {
+			w.refuseProtected(hard, msg, ev, res, start, log)
+		} else {
+			w.finish(hard, msg, ev, res, start, log)
+		}
 	case err == nil:
 		res.Status, res.Message, res.Noop = events.Succeeded, out.Message, out.Noop
 		if out.Details != nil {
@@ -593,6 +597,14 @@ func (w *Worker) attempt(soft, hard context.Context, h handlers.Handler, ev even
 			return out, n, errShutdown
 		}
 	}
+}
+
+// refuseProtected answers an event against a protected object: rejected, loudly.
+func (w *Worker) refuseProtected(ctx context.Context, msg jetstream.Msg, ev events.Event, res events.Result, start time.Time, log *slog.Logger) {
+	log.Warn("event against a protected object refused", "target", ev.Target, "reason", res.Message,
+		"requested_by", ev.RequestedBy, "correlation_id", ev.CorrelationID)
+	w.m.protected.WithLabelValues(actionLabel(ev.Action)).Inc()
+	w.finish(ctx, msg, ev, res, start, log)
 }
 
 func rejected(ev events.Event, rej *events.Rejection) events.Result {

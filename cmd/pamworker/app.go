@@ -196,9 +196,10 @@ func natsOptions(a config.NATSAuth, log *slog.Logger) ([]nats.Option, error) {
 // protected collects the protected objects of every target. The Element account the worker logs
 // in as is always protected: deleting its sessions would cut the worker off mid-incident.
 func protected(cfg config.Config) guard.Protected {
-	p := guard.Protected{Credentials: map[string][]string{}, ElementUsers: map[string][]string{}}
+	p := guard.Protected{Credentials: map[string][]string{}, ElementUsers: map[string][]string{}, SessionOwners: map[string][]string{}}
 	for name, t := range cfg.Segura {
 		p.Credentials[name] = t.Protected
+		p.SessionOwners[name] = t.ProtectedOwners
 	}
 	for name, t := range cfg.Element {
 		p.ElementUsers[name] = append(append([]string(nil), t.Protected...), t.Username)
@@ -240,7 +241,8 @@ func buildHandlers(cfg config.Config, m *worker.Metrics, log *slog.Logger) (*han
 			return nil, nil, err
 		}
 		c, err := segura.New(segura.Config{Name: name, BaseURL: t.URL, APIPrefix: t.APIPrefix, TokenURL: t.TokenURL,
-			ClientID: t.ClientID, ClientSecret: t.ClientSecret, HTTPClient: hc})
+			ClientID: t.ClientID, ClientSecret: t.ClientSecret, HTTPClient: hc,
+			OwnerCheck: protected(cfg).SessionOwnerCheck(name)})
 		if err != nil {
 			return nil, nil, fmt.Errorf("segura target %q: %w", name, err)
 		}

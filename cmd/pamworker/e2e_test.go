@@ -720,8 +720,15 @@ func TestProtectedObjects(t *testing.T) {
 	t.Parallel()
 	r := newRig(t)
 	env := append(r.env, "PAMWORKER_SEGURA_PROTECTED_CREDENTIALS=94; breakglass-*@*; admin@web01",
-		"PAMWORKER_ELEMENT_PROTECTED_USERS=CN=Jane Doe,OU=Ops,DC=example,DC=com")
+		"PAMWORKER_ELEMENT_PROTECTED_USERS=CN=Jane Doe,OU=Ops,DC=example,DC=com",
+		"PAMWORKER_SEGURA_PROTECTED_SESSION_OWNERS=BreakGlass")
 	w := startWorker(t, env)
+	bgSession := ""
+	for _, id := range sandbox.SandboxSessions() {
+		if sandbox.SandboxSessionOwner(id) == "breakglass" {
+			bgSession = id
+		}
+	}
 	for _, tc := range []struct{ subject, payload string }{
 		{events.CredentialDisable, `{"credential_id":94}`},
 		{events.CredentialDisable, `{"credential_id":"94"}`},
@@ -741,8 +748,28 @@ func TestProtectedObjects(t *testing.T) {
 	if n := r.segura.Calls() + r.element.Calls(); n != 0 {
 		t.Errorf("%d vendor calls for protected objects", n)
 	}
-	if m := w.get(t, "/metrics"); !strings.Contains(m, `pamworker_protected_refused_total{action="pam.credential.disable"} 6`) {
-		t.Errorf("protected refusals not counted:\n%s", m)
+	// A drop names only the session: the worker looks up who opened it, and refuses a
+	// protected owner's session, dry run or not, with one read and no drop.
+	for _, payload := range []string{`{"session_id":"` + bgSession + `"}`, `{"session_id":"` + bgSession + `","dry_run":true}`} {
+		stdout, _, code := send(t, env, events.SessionDrop, payload, "--wait", "20s")
+		if code != 1 || !strings.Contains(stdout, `"code": "protected_object"`) || !strings.Contains(stdout, `opened by \"breakglass\"`) {
+			t.Errorf("drop %s: exit %d, want a protected_object rejection naming the owner\n%s", payload, code, stdout)
+		}
+	}
+	if !r.segura.SessionOpen(bgSession) || r.segura.CallsTo("DELETE", "/pam/session") != 0 {
+		t.Errorf("the break-glass session was touched: open %v", r.segura.SessionOpen(bgSession))
+	}
+	other := sandbox.SandboxSessions()[0]
+	if stdout, _, code := send(t, env, events.SessionDrop, `{"session_id":"`+other+`"}`, "--wait", "20s"); code != 0 ||
+		!strings.Contains(stdout, `"session_owner": "`+sandbox.SandboxSessionOwner(other)+`"`) || r.segura.SessionOpen(other) {
+		t.Errorf("drop of %s's session: exit %d\n%s", sandbox.SandboxSessionOwner(other), code, stdout)
+	}
+	m := w.get(t, "/metrics")
+	for _, want := range []string{`pamworker_protected_refused_total{action="pam.credential.disable"} 6`,
+		`pamworker_protected_refused_total{action="pam.session.drop"} 2`} {
+		if !strings.Contains(m, want) {
+			t.Errorf("protected refusals not counted: no %s\n%s", want, m)
+		}
 	}
 	if !strings.Contains(w.logs.String(), `"level":"WARN","msg":"event against a protected object refused"`) {
 		t.Error("no warning logged")
