@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -84,7 +85,28 @@ func Connect(urls, name string, log *slog.Logger, opts ...nats.Option) (*nats.Co
 	}
 	nc, err := nats.Connect(urls, append(base, opts...)...)
 	if err != nil {
+		if certRefused(err) {
+			return nil, fmt.Errorf("connect to NATS: %w: %w", ErrClientCertRefused, err)
+		}
 		return nil, fmt.Errorf("connect to NATS: %w", err)
 	}
 	return nc, nil
+}
+
+// ErrClientCertRefused is how Connect names a server that ends the connection once the
+// client's side of the TLS handshake is done.
+var ErrClientCertRefused = errors.New("the server refused this client's TLS certificate (none configured, expired, or not signed by a CA the server trusts)")
+
+// certRefused reports whether err is the server turning the connection away right after the
+// TLS handshake. With TLS 1.3 a server checks the client certificate after the client has
+// finished its handshake, so a refusal reaches the client either as the server's alert on the
+// first read ("remote error: tls: certificate required") or, when the client writes first, as a
+// closed connection ("broken pipe"), which alone names nothing. (A client certificate from a
+// CA the server does not list is not even sent: the server then says "certificate required".)
+func certRefused(err error) bool {
+	var op *net.OpError
+	if !errors.Is(err, nats.ErrTLS) { // an alert after the handshake; nats.go wraps the handshake's own errors in ErrTLS
+		return errors.As(err, &op) && op.Op == "remote error" && strings.HasPrefix(op.Err.Error(), "tls: ")
+	}
+	return strings.Contains(err.Error(), "connection closed by remote after TLS handshake") // nats.go's words
 }
