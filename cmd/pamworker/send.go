@@ -183,7 +183,13 @@ func connectClient(getenv func(string) string, environ []string, command string,
 	}
 	nc, err := broker.Connect(urls, "pamworker-"+command, log, append(auth, nats.MaxReconnects(5))...)
 	if err != nil {
-		fmt.Fprintf(stderr, "pamworker %s: %v (is the worker, or the NATS server at %s, running?)\n", command, err, redactURL(urls))
+		// A TLS failure means a server is there but the connection is not trusted (either way):
+		// asking whether it runs would point the operator the wrong way.
+		if errors.Is(err, nats.ErrTLS) || errors.Is(err, broker.ErrClientCertRefused) {
+			fmt.Fprintf(stderr, "pamworker %s: %v\n", command, err)
+		} else {
+			fmt.Fprintf(stderr, "pamworker %s: %v (is the worker, or the NATS server at %s, running?)\n", command, err, redactURL(urls))
+		}
 		return nil, nil, err
 	}
 	js, err := jetstream.New(nc)
