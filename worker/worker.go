@@ -172,6 +172,7 @@ func (w *Worker) Run(ctx context.Context) error {
 			lanes = append(lanes, laneSubject(target, p))
 		}
 	}
+	lanes = append(lanes, parkLanes(w.cfg.Targets)...)
 	for _, lane := range lanes {
 		if _, err := ensureLane(ctx, w.js, w.cfg.Topology, lane, w.cfg.AckWait, w.lanePending(lane)); err != nil {
 			return err
@@ -387,6 +388,21 @@ func (w *Worker) process(soft, hard context.Context, msg jetstream.Msg) {
 		w.refuseProtected(hard, msg, ev, rejected(ev, rej), start, log)
 		return
 	}
+	if w.parking(msg) && !ev.DryRun {
+		// An earlier event about this object waits in a park lane: this one follows it.
+		lane, err := w.parkedLane(hard, ev)
+		if err != nil {
+			log.Warn("ledger unavailable for the park check; event deferred", "error", err)
+			w.postpone(msg, ev, "ledger", time.Second)
+			return
+		}
+		if lane != "" {
+			if w.park(hard, msg, ev, lane, log) {
+				log.Info("event follows a held event about the same object into its park lane", "target", ev.Target, "park_lane", lane)
+			}
+			return
+		}
+	}
 	switch decision, wait, err := w.blast(hard, ev, received); {
 	case err != nil:
 		log.Warn("ledger unavailable for the blast-radius limit; event deferred", "error", err)
@@ -397,6 +413,11 @@ func (w *Worker) process(soft, hard context.Context, msg jetstream.Msg) {
 		log.Warn("event held: blast-radius limit reached; it waits in the stream", "target", ev.Target,
 			"requested_by", ev.RequestedBy, "limit", fmt.Sprintf("%d per %s", lim.Max, lim.Window), "retry_in", wait.Round(time.Millisecond).String())
 		w.m.held.WithLabelValues(actionLabel(ev.Action)).Inc()
+		if w.parking(msg) {
+			// Out of the lane, so that it holds up no other object while it waits.
+			w.park(hard, msg, ev, parkSubject(handlers.TargetLabel(ev.Action, ev.Target), guard.CounterKey(ev)), log)
+			return
+		}
 		w.postpone(msg, ev, "held", wait)
 		return
 	case decision == cancelIt:
@@ -638,6 +659,11 @@ func (w *Worker) finish(ctx context.Context, msg jetstream.Msg, ev events.Event,
 		w.postpone(msg, ev, "result_publish", time.Second)
 		return
 	}
+	if err := w.unpark(ctx, msg); err != nil {
+		log.Warn("park mark could not be cleared; the event will be redelivered and answered from the ledger", "error", err)
+		w.postpone(msg, ev, "ledger", time.Second)
+		return
+	}
 	if res.Status == events.Succeeded {
 		_ = msg.Ack()
 	} else {
@@ -713,6 +739,11 @@ func (w *Worker) answerDuplicate(ctx context.Context, msg jetstream.Msg, ev even
 	if err := w.publishResult(ctx, ev, raw); err != nil {
 		log.Error("recorded result could not be republished; event will be redelivered", "error", err)
 		w.postpone(msg, ev, "result_publish", time.Second)
+		return
+	}
+	if err := w.unpark(ctx, msg); err != nil {
+		log.Warn("park mark could not be cleared; the event will be redelivered", "error", err)
+		w.postpone(msg, ev, "ledger", time.Second)
 		return
 	}
 	_ = msg.Ack()
