@@ -84,7 +84,8 @@ func newRig(t *testing.T) *rig {
 	}
 	t.Cleanup(r.nc.Close)
 	r.js, _ = jetstream.New(r.nc)
-	r.segura = sandbox.NewSegura(sandbox.SeguraOptions{ClientID: "e2e", ClientSecret: canarySecret})
+	// Credentials 501-1000 are plain ones for tests that need hundreds (the blast-radius test).
+	r.segura = sandbox.NewSegura(sandbox.SeguraOptions{ClientID: "e2e", ClientSecret: canarySecret, Credentials: 1000})
 	r.element = sandbox.NewElement(sandbox.ElementOptions{Username: "pamworker", Password: canaryPassword})
 	ss, es := httptest.NewServer(r.segura), httptest.NewServer(r.element)
 	t.Cleanup(ss.Close)

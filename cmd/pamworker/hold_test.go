@@ -23,6 +23,62 @@ func publishDisables(t *testing.T, js jetstream.JetStream, prefix, requester str
 	<-js.PublishAsyncComplete()
 }
 
+// TestBlastRadius500: a playbook gone wrong sends 500 disables against a cap of 50 a minute.
+// 50 run; 450 are held — not dropped, not failed — while an analyst's disables and session
+// drop on the same target run at once; `hold release` runs all 450, one result each.
+func TestBlastRadius500(t *testing.T) {
+	t.Parallel()
+	r := newRig(t)
+	env := append(r.env, "PAMWORKER_LIMITS=pam.credential.disable=50/1m")
+	w := startWorker(t, env)
+	res := collect(t, r.nc)
+	const runaway, first = 500, 501
+	publishDisables(t, r.js, "runaway", "playbook-7", first, runaway)
+	waitUntil(t, 60*time.Second, func() bool { return res.count("runaway", "") >= 50 })
+
+	// While 450 wait, the analyst's actions on the same target are not held up by them.
+	publishDisables(t, r.js, "analyst", "soc-analyst", 1, 5)
+	session := r.segura.AddSession()
+	if stdout, _, code := send(t, env, events.SessionDrop, `{"session_id":"`+session+`","requested_by":"soc-analyst"}`, "--wait", "20s"); code != 0 {
+		t.Fatalf("the analyst's session drop: exit %d\n%s", code, stdout)
+	}
+	waitUntil(t, 20*time.Second, func() bool { return res.count("analyst", events.Succeeded) == 5 })
+	if n := res.count("runaway", ""); n != 50 {
+		t.Fatalf("%d runaway disables answered within the minute, cap 50", n)
+	}
+	disabled := 0
+	for id := first; id < first+runaway; id++ {
+		if active, _, _ := r.segura.Credential(id); !active {
+			disabled++
+		}
+	}
+	if disabled != 50 {
+		t.Fatalf("%d credentials disabled, cap 50", disabled)
+	}
+	m := w.get(t, "/metrics")
+	if !strings.Contains(m, `pamworker_held_total{action="pam.credential.disable"}`) {
+		t.Error("no held metric")
+	}
+
+	if out, stderr, code := cli(t, env, "hold", "release"); code != 0 {
+		t.Fatalf("hold release: exit %d %s %s", code, out, stderr)
+	}
+	waitUntil(t, 120*time.Second, func() bool { return res.count("runaway", "") == runaway })
+	if n := res.count("runaway", events.Succeeded); n != runaway {
+		t.Errorf("%d of %d succeeded; held events must run, not fail", n, runaway)
+	}
+	for id, n := range res.counts() {
+		if n != 1 {
+			t.Errorf("%s: %d results", id, n)
+		}
+	}
+	for id := first; id < first+runaway; id++ {
+		if active, _, _ := r.segura.Credential(id); active {
+			t.Errorf("credential %d still active after release", id)
+		}
+	}
+}
+
 // TestBlastRadius: a playbook gone wrong sends 40 disables against a cap of 10 per 3 s: the
 // first 10 run, the rest are held — not dropped, not failed — and run as the window slides;
 // another requester is not affected.
