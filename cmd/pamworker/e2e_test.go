@@ -30,11 +30,6 @@ import (
 // The end-to-end tests build the real binary and run it as a process against a real
 // nats-server and the vendor simulators behind httptest servers.
 
-const (
-	canarySecret   = "canary-client-secret-7f3a"
-	canaryPassword = "canary-element-password-91c2"
-)
-
 var (
 	buildOnce sync.Once
 	binPath   string

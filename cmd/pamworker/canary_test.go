@@ -1,0 +1,154 @@
+package main
+
+import (
+	"cmp"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// Canaries: every secret the end-to-end tests hand the worker or its simulators is registered
+// here, and everything the tests see coming out of the binary — each worker's whole log, every
+// result, every /metrics and /readyz page, every CLI command's output — is scanned for all of
+// them with scanForSecrets. A hit fails the test with the line, the secret masked.
+
+const (
+	canarySecret   = "canary-client-secret-7f3a"
+	canaryPassword = "canary-element-password-91c2"
+)
+
+type canary struct{ what, secret string }
+
+var canaries = struct {
+	mu       sync.Mutex
+	list     []canary        // longest first, so masking never leaves part of a longer one
+	known    map[string]bool // secret -> registered
+	reported map[string]bool // leaks already reported, so polling loops report each line once
+}{known: map[string]bool{}, reported: map[string]bool{}}
+
+func init() {
+	addCanary("Segura client secret", canarySecret)
+	addCanary("Element password", canaryPassword)
+}
+
+// addCanary registers secret, described by what, unless it is too short to scan for without
+// false alarms; it reports whether secret is (now) a canary.
+func addCanary(what, secret string) bool {
+	if len(secret) < 8 {
+		return false
+	}
+	canaries.mu.Lock()
+	defer canaries.mu.Unlock()
+	if !canaries.known[secret] {
+		canaries.known[secret] = true
+		canaries.list = append(canaries.list, canary{what, secret})
+		slices.SortStableFunc(canaries.list, func(a, b canary) int { return cmp.Compare(len(b.secret), len(a.secret)) })
+	}
+	return true
+}
+
+// registerCanary adds a secret a test configures (a signing key, an nkey seed) to the canaries.
+// The set is shared by all tests: a secret of one test is just as wrong in another's output.
+func registerCanary(t testing.TB, what, secret string) {
+	t.Helper()
+	if !addCanary(what, secret) {
+		t.Fatalf("canary %q is shorter than 8 characters: too short to scan for", what)
+	}
+}
+
+func knownCanaries() []canary {
+	canaries.mu.Lock()
+	defer canaries.mu.Unlock()
+	return slices.Clone(canaries.list)
+}
+
+// redact masks every canary in s.
+func redact(s string) string {
+	for _, c := range knownCanaries() {
+		s = strings.ReplaceAll(s, c.secret, "[canary: "+c.what+"]")
+	}
+	return s
+}
+
+// scanForSecrets fails t for every line of text (output of where) that holds a canary, showing
+// the line with the secret masked — never the secret itself.
+func scanForSecrets(t testing.TB, where, text string) {
+	t.Helper()
+	var hits []canary
+	for _, c := range knownCanaries() {
+		if strings.Contains(text, c.secret) {
+			hits = append(hits, c)
+		}
+	}
+	if len(hits) == 0 {
+		return
+	}
+	shown, more := 0, 0
+	for i, line := range strings.Split(text, "\n") {
+		var whats []string
+		for _, c := range hits {
+			if strings.Contains(line, c.secret) {
+				whats = append(whats, c.what)
+			}
+		}
+		if whats == nil || !firstReport(t, where, line) {
+			continue
+		}
+		if shown == 5 {
+			more++
+			continue
+		}
+		shown++
+		t.Errorf("secret leaked (%s) in %s, line %d: %s", strings.Join(whats, ", "), where, i+1, clip(redact(line)))
+	}
+	if more > 0 {
+		t.Errorf("... and %d more lines of %s hold a secret", more, where)
+	}
+}
+
+func firstReport(t testing.TB, where, line string) bool {
+	key := fmt.Sprintf("%p\x00%s\x00%s", t, where, line)
+	canaries.mu.Lock()
+	defer canaries.mu.Unlock()
+	if canaries.reported[key] {
+		return false
+	}
+	canaries.reported[key] = true
+	return true
+}
+
+// clip shortens a long line to the part around its first masked secret.
+func clip(line string) string {
+	const width = 400
+	if len(line) <= width {
+		return line
+	}
+	at := max(0, strings.Index(line, "[canary: ")-width/4)
+	end := min(len(line), at+width)
+	return "…" + line[at:end] + "…"
+}
+
+// errorsOf records what scanForSecrets reports instead of failing the test.
+type errorsOf struct {
+	testing.TB
+	errs []string
+}
+
+func (e *errorsOf) Errorf(format string, args ...any) {
+	e.errs = append(e.errs, fmt.Sprintf(format, args...))
+}
+
+func TestScanForSecrets(t *testing.T) {
+	t.Parallel()
+	rec := &errorsOf{TB: t}
+	scanForSecrets(rec, "clean text", "nothing to see\nhere")
+	text := "first line\n{\"msg\":\"token\",\"secret\":\"" + canarySecret + "\"}\n"
+	scanForSecrets(rec, "a log", text)
+	scanForSecrets(rec, "a log", text) // polled again: reported once
+	if len(rec.errs) != 1 || !strings.Contains(rec.errs[0], "a log, line 2") ||
+		!strings.Contains(rec.errs[0], "[canary: Segura client secret]") || strings.Contains(rec.errs[0], canarySecret) {
+		t.Errorf("reports %q, want one naming line 2 with the secret masked", rec.errs)
+	}
+}
