@@ -137,6 +137,7 @@ func TestChaos(t *testing.T) {
 			continue
 		}
 		read++
+		scanForSecrets(t, "results stream", string(m.Data()))
 		var r events.Result
 		if json.Unmarshal(m.Data(), &r) == nil {
 			perID[r.EventID] = r

@@ -188,7 +188,7 @@ func TestClusterLeaderKilled(t *testing.T) {
 	}
 	if stored() < n {
 		diagnose(t, js, ids, res.counts())
-		t.Fatalf("only %d of %d results stored\n%s", stored(), n, w.logs.String())
+		t.Fatalf("only %d of %d results stored\n%s", stored(), n, redact(w.logs.String()))
 	}
 
 	// Exactly one result per event in the (replicated) results stream.
@@ -209,6 +209,7 @@ func TestClusterLeaderKilled(t *testing.T) {
 			continue // the ordered consumer recreates itself after the leader change
 		}
 		read++
+		scanForSecrets(t, "results stream", string(m.Data()))
 		var res events.Result
 		if json.Unmarshal(m.Data(), &res) == nil {
 			perID[res.EventID]++
@@ -226,7 +227,7 @@ func TestClusterLeaderKilled(t *testing.T) {
 	}
 	t.Logf("results stream holds %d results: %d events answered, lost=%d, duplicated=%d, vendor calls=%d", total, len(perID), lost, dup, seg.Calls())
 	if lost != 0 || dup != 0 {
-		t.Errorf("lost=%d duplicated=%d, want 0 and 0\n%s", lost, dup, w.logs.String())
+		t.Errorf("lost=%d duplicated=%d, want 0 and 0\n%s", lost, dup, redact(w.logs.String()))
 	}
 	// 600 events = 12 rounds per credential, the last an enable: every credential ends active.
 	for id := 1; id <= 50; id++ {

@@ -109,8 +109,11 @@ func TestNATSIdentities(t *testing.T) {
 		t.Fatalf("playbook cannot publish an event: %v", err)
 	}
 	m, err := results.NextMsg(20 * time.Second)
+	if err == nil {
+		scanForSecrets(t, "result on "+m.Subject, string(m.Data))
+	}
 	if err != nil || !strings.Contains(string(m.Data), `"status":"succeeded"`) {
-		t.Fatalf("no result through the worker's identity: %v %s\n%s", err, m.Data, w.logs.String())
+		t.Fatalf("no result through the worker's identity: %v %s\n%s", err, m.Data, redact(w.logs.String()))
 	}
 
 	// Denied requests get no answer (the server drops them and tells the client

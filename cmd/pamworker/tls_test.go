@@ -138,7 +138,7 @@ func TestTLSTargets(t *testing.T) {
 			stdout, _, code := send(t, env, events.CredentialDisable, `{"credential_id":7}`, "--wait", "5s")
 			if tc.succeeds {
 				if code != 0 || !strings.Contains(stdout, `"status": "succeeded"`) {
-					t.Fatalf("exit %d: %s\n%s", code, stdout, w.logs.String())
+					t.Fatalf("exit %d: %s\n%s", code, stdout, redact(w.logs.String()))
 				}
 				return
 			}
@@ -178,7 +178,7 @@ func TestInsecureSkipVerifyIsLoud(t *testing.T) {
 	env = append(env, "PAMWORKER_SEGURA_URL="+srv.URL, "PAMWORKER_SEGURA_INSECURE_SKIP_VERIFY=true")
 	w := startWorker(t, env)
 	if !strings.Contains(w.logs.String(), "TLS VERIFICATION IS OFF") {
-		t.Errorf("no loud warning at start:\n%s", w.logs.String())
+		t.Errorf("no loud warning at start:\n%s", redact(w.logs.String()))
 	}
 	if _, _, code := send(t, env, events.CredentialDisable, `{"credential_id":7}`, "--wait", "10s"); code != 0 {
 		t.Errorf("exit %d", code)
