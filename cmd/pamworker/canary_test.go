@@ -2,11 +2,17 @@ package main
 
 import (
 	"cmp"
+	"encoding/json"
 	"fmt"
+	"maps"
+	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/pamworker/pamworker/sandbox"
 )
 
 // Canaries: every secret the end-to-end tests hand the worker or its simulators is registered
@@ -128,6 +134,32 @@ func clip(line string) string {
 	at := max(0, strings.Index(line, "[canary: ")-width/4)
 	end := min(len(line), at+width)
 	return "…" + line[at:end] + "…"
+}
+
+// canaryTap wraps a vendor simulator: every credential the worker presents (the Authorization
+// header, Basic or Bearer) and every OAuth access token the simulator issues becomes a canary,
+// so a token in a log is caught like the client secret it was bought with.
+func canaryTap(vendor string, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, cred, ok := strings.Cut(r.Header.Get("Authorization"), " "); ok {
+			addCanary(vendor+" Authorization header", cred)
+		}
+		if r.URL.EscapedPath() != sandbox.SeguraTokenPath {
+			h.ServeHTTP(w, r) // untouched: the chaos simulator hijacks connections
+			return
+		}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, r)
+		var tok struct {
+			AccessToken string `json:"access_token"`
+		}
+		if json.Unmarshal(rec.Body.Bytes(), &tok) == nil {
+			addCanary(vendor+" access token", tok.AccessToken)
+		}
+		maps.Copy(w.Header(), rec.Header())
+		w.WriteHeader(rec.Code)
+		_, _ = w.Write(rec.Body.Bytes())
+	})
 }
 
 // errorsOf records what scanForSecrets reports instead of failing the test.

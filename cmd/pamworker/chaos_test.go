@@ -44,7 +44,7 @@ func TestChaos(t *testing.T) {
 
 	seg := sandbox.NewSegura(sandbox.SeguraOptions{ClientID: "chaos", ClientSecret: canarySecret, Credentials: objects + 10})
 	seg.SetChaos(sandbox.Chaos{ServerErrors: 0.20, Hangs: 0.05, DropReplies: 0.03, HangFor: 3 * time.Second, Seed: 7})
-	api := httptest.NewServer(seg)
+	api := httptest.NewServer(canaryTap("Segura", seg))
 	t.Cleanup(api.Close)
 	env := []string{
 		"PAMWORKER_NATS_URL=" + url,

@@ -98,7 +98,7 @@ func TestClusterLeaderKilled(t *testing.T) {
 
 	seg := sandbox.NewSegura(sandbox.SeguraOptions{ClientID: "c", ClientSecret: canarySecret})
 	seg.SetLatency(5 * time.Millisecond)
-	ss := httptest.NewServer(seg)
+	ss := httptest.NewServer(canaryTap("Segura", seg))
 	t.Cleanup(ss.Close)
 	env := []string{
 		"PAMWORKER_NATS_URL=" + allURLs,

@@ -82,7 +82,7 @@ func newRig(t *testing.T) *rig {
 	// Credentials 501-1000 are plain ones for tests that need hundreds (the blast-radius test).
 	r.segura = sandbox.NewSegura(sandbox.SeguraOptions{ClientID: "e2e", ClientSecret: canarySecret, Credentials: 1000})
 	r.element = sandbox.NewElement(sandbox.ElementOptions{Username: "pamworker", Password: canaryPassword})
-	ss, es := httptest.NewServer(r.segura), httptest.NewServer(r.element)
+	ss, es := httptest.NewServer(canaryTap("Segura", r.segura)), httptest.NewServer(canaryTap("Element", r.element))
 	t.Cleanup(ss.Close)
 	t.Cleanup(es.Close)
 	secretFile := filepath.Join(t.TempDir(), "secret")

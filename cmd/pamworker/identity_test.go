@@ -30,6 +30,7 @@ func newIdentity(t *testing.T, name string) identity {
 	}
 	pub, _ := kp.PublicKey()
 	seed, _ := kp.Seed()
+	registerCanary(t, "nkey seed of "+name, string(seed))
 	path := filepath.Join(t.TempDir(), name+".nk")
 	if err := os.WriteFile(path, seed, 0o600); err != nil {
 		t.Fatal(err)

@@ -35,11 +35,20 @@ func TestSignedEvents(t *testing.T) {
 	}
 	oldSecret := "whsec_" + base64.StdEncoding.EncodeToString([]byte("old-playbook-secret-1"))
 	newSecret := "whsec_" + base64.StdEncoding.EncodeToString([]byte("new-playbook-secret-2"))
+	attacker := "whsec_" + base64.StdEncoding.EncodeToString([]byte("not-a-configured-key"))
 	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
 	whsk := "whsk_" + base64.StdEncoding.EncodeToString(priv)
+	for what, secret := range map[string]string{
+		"old signing secret": oldSecret, "old signing secret, decoded": "old-playbook-secret-1",
+		"new signing secret": newSecret, "new signing secret, decoded": "new-playbook-secret-2",
+		"attacker's signing secret": attacker, "attacker's signing secret, decoded": "not-a-configured-key",
+		"ed25519 signing key": whsk,
+	} {
+		registerCanary(t, what, secret)
+	}
 	keys := key("keys", oldSecret+"; "+newSecret+"; whpk_"+base64.StdEncoding.EncodeToString(pub))
 	env := append(r.env, "PAMWORKER_SIGNED_SUBJECTS=pam.credential.>,element.>", "PAMWORKER_SIGNING_KEYS_FILE="+keys)
-	w := startWorker(t, env)
+	startWorker(t, env)
 
 	expect := func(name string, code int, stdout, wantStatus, wantCode string) {
 		t.Helper()
@@ -50,7 +59,7 @@ func TestSignedEvents(t *testing.T) {
 	stdout, _, code := send(t, env, events.CredentialDisable, `{"credential_id":21}`, "--wait", "20s")
 	expect("unsigned", code, stdout, "rejected", guard.CodeUnsigned)
 	stdout, _, code = send(t, env, events.CredentialDisable, `{"credential_id":22}`, "--wait", "20s",
-		"--sign-key-file", key("attacker", "whsec_"+base64.StdEncoding.EncodeToString([]byte("not-a-configured-key"))))
+		"--sign-key-file", key("attacker", attacker))
 	expect("unknown key", code, stdout, "rejected", guard.CodeBadSignature)
 	before := r.segura.Calls()
 	if before != 0 {
@@ -95,9 +104,7 @@ func TestSignedEvents(t *testing.T) {
 	// Subjects that need no signature are unaffected.
 	stdout, _, code = send(t, env, events.SessionDrop, `{"session_id":"`+r.segura.AddSession()+`"}`, "--wait", "20s")
 	expect("unsigned session drop", code, stdout, "succeeded", "")
-	if strings.Contains(w.logs.String(), "new-playbook-secret") {
-		t.Error("a signing key reached the logs")
-	}
+	// The worker's logs are scanned for the keys, like for every canary, when it ends.
 }
 
 // waitResult reads the results stream until the result of id appears.

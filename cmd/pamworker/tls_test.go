@@ -119,7 +119,7 @@ func TestTLSTargets(t *testing.T) {
 			t.Parallel()
 			r := newRig(t)
 			seg := sandbox.NewSegura(sandbox.SeguraOptions{ClientID: "e2e", ClientSecret: canarySecret})
-			srv := httptest.NewUnstartedServer(seg)
+			srv := httptest.NewUnstartedServer(canaryTap("Segura", seg))
 			srv.TLS = &tls.Config{Certificates: []tls.Certificate{tc.cert}, MinVersion: tls.VersionTLS12}
 			if tc.mutual {
 				srv.TLS.ClientAuth, srv.TLS.ClientCAs = tls.RequireAndVerifyClientCert, clientPool
@@ -165,7 +165,7 @@ func TestInsecureSkipVerifyIsLoud(t *testing.T) {
 	r := newRig(t)
 	ca := newPKI(t, "ca")
 	cert, _, _ := ca.issue("c", []string{"127.0.0.1"}, time.Now().Add(time.Hour), x509.ExtKeyUsageServerAuth)
-	srv := httptest.NewUnstartedServer(sandbox.NewSegura(sandbox.SeguraOptions{ClientID: "e2e", ClientSecret: canarySecret}))
+	srv := httptest.NewUnstartedServer(canaryTap("Segura", sandbox.NewSegura(sandbox.SeguraOptions{ClientID: "e2e", ClientSecret: canarySecret})))
 	srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
