@@ -21,8 +21,9 @@ import (
 // them with scanForSecrets. A hit fails the test with the line, the secret masked.
 
 const (
-	canarySecret   = "canary-client-secret-7f3a"
-	canaryPassword = "canary-element-password-91c2"
+	canarySecret       = "canary-client-secret-7f3a"
+	canaryPassword     = "canary-element-password-91c2"
+	canaryNATSPassword = "canary-nats-password-5d0e"
 )
 
 type canary struct{ what, secret string }
@@ -37,6 +38,7 @@ var canaries = struct {
 func init() {
 	addCanary("Segura client secret", canarySecret)
 	addCanary("Element password", canaryPassword)
+	addCanary("NATS password", canaryNATSPassword)
 }
 
 // addCanary registers secret, described by what, unless it is too short to scan for without

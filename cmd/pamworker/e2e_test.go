@@ -557,20 +557,21 @@ func TestBadConfigStops(t *testing.T) {
 	for _, tc := range []struct{ env, names string }{
 		{"PAMWORKER_CONCURRENCY=lots", "PAMWORKER_CONCURRENCY"},
 		{"PAMWORKER_CONCURENCY=8", "PAMWORKER_CONCURENCY"},
-		{"PAMWORKER_SEGURA_URL=https://segura.example.com", "PAMWORKER_SEGURA_CLIENT_ID"},
+		// A secret is set as well (settings are separated by spaces): the error must not echo it.
+		{"PAMWORKER_SEGURA_URL=https://segura.example.com PAMWORKER_SEGURA_CLIENT_SECRET=" + canarySecret, "PAMWORKER_SEGURA_CLIENT_ID"},
 		{"PAMWORKER_HTTP_TIMEOUT=10", "PAMWORKER_HTTP_TIMEOUT"},
 	} {
 		cmd := exec.Command(binary(t), "run")
-		cmd.Env = append(baseEnv(), tc.env, "PAMWORKER_DATA_DIR="+t.TempDir())
+		cmd.Env = append(append(baseEnv(), strings.Fields(tc.env)...), "PAMWORKER_DATA_DIR="+t.TempDir())
 		out, err := cmd.CombinedOutput()
 		scanForSecrets(t, "output of pamworker run with bad configuration", string(out))
 		var ee *exec.ExitError
 		if !errors.As(err, &ee) || ee.ExitCode() != 1 {
-			t.Errorf("%s: %v, want exit status 1", tc.env, err)
+			t.Errorf("%s: %v, want exit status 1", redact(tc.env), err)
 		}
 		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
 		if len(lines) != 1 || !strings.Contains(lines[0], tc.names) {
-			t.Errorf("%s: output %q, want one line naming %s", tc.env, redact(string(out)), tc.names)
+			t.Errorf("%s: output %q, want one line naming %s", redact(tc.env), redact(string(out)), tc.names)
 		}
 	}
 }

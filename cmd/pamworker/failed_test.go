@@ -309,7 +309,8 @@ func TestFailedReplayIsNotStale(t *testing.T) {
 // TestFailedUsage: usage and connection errors exit 2 and say why.
 func TestFailedUsage(t *testing.T) {
 	t.Parallel()
-	env := []string{"PAMWORKER_NATS_URL=nats://" + freeAddr(t)} // nothing listens there
+	// Nothing listens there; the password in the URL must not show in the connection error.
+	env := []string{"PAMWORKER_NATS_URL=nats://pamworker:" + canaryNATSPassword + "@" + freeAddr(t)}
 	for _, args := range [][]string{
 		{},
 		{"bogus"},
