@@ -30,10 +30,15 @@ type canary struct{ what, secret string }
 
 var canaries = struct {
 	mu       sync.Mutex
-	list     []canary        // longest first, so masking never leaves part of a longer one
-	known    map[string]bool // secret -> registered
-	reported map[string]bool // leaks already reported, so polling loops report each line once
-}{known: map[string]bool{}, reported: map[string]bool{}}
+	list     []canary           // longest first, so masking never leaves part of a longer one
+	known    map[string]bool    // secret -> registered
+	reported map[string]bool    // leaks already reported, so polling loops report each line once
+	perTest  map[testing.TB]int // leaks reported per test, up to maxReports
+}{known: map[string]bool{}, reported: map[string]bool{}, perTest: map[testing.TB]int{}}
+
+// maxReports bounds the leaks reported per test: a secret in every result of a thousand-event
+// test is one bug, not a thousand.
+const maxReports = 10
 
 func init() {
 	addCanary("Segura client secret", canarySecret)
@@ -93,7 +98,6 @@ func scanForSecrets(t testing.TB, where, text string) {
 	if len(hits) == 0 {
 		return
 	}
-	shown, more := 0, 0
 	for i, line := range strings.Split(text, "\n") {
 		var whats []string
 		for _, c := range hits {
@@ -101,30 +105,40 @@ func scanForSecrets(t testing.TB, where, text string) {
 				whats = append(whats, c.what)
 			}
 		}
-		if whats == nil || !firstReport(t, where, line) {
+		if whats == nil {
 			continue
 		}
-		if shown == 5 {
-			more++
-			continue
+		switch newLeak(t, where, line) {
+		case showLeak:
+			t.Errorf("secret leaked (%s) in %s, line %d: %s", strings.Join(whats, ", "), where, i+1, clip(redact(line)))
+		case lastLeak:
+			t.Errorf("secret leaked (%s) in %s, line %d; more leaks in this test are not shown", strings.Join(whats, ", "), where, i+1)
 		}
-		shown++
-		t.Errorf("secret leaked (%s) in %s, line %d: %s", strings.Join(whats, ", "), where, i+1, clip(redact(line)))
-	}
-	if more > 0 {
-		t.Errorf("... and %d more lines of %s hold a secret", more, where)
 	}
 }
 
-func firstReport(t testing.TB, where, line string) bool {
+const (
+	skipLeak = iota // reported before, or past maxReports
+	showLeak
+	lastLeak // the one past maxReports: say that no more are shown
+)
+
+func newLeak(t testing.TB, where, line string) int {
 	key := fmt.Sprintf("%p\x00%s\x00%s", t, where, line)
 	canaries.mu.Lock()
 	defer canaries.mu.Unlock()
 	if canaries.reported[key] {
-		return false
+		return skipLeak
 	}
 	canaries.reported[key] = true
-	return true
+	canaries.perTest[t]++
+	switch n := canaries.perTest[t]; {
+	case n <= maxReports:
+		return showLeak
+	case n == maxReports+1:
+		return lastLeak
+	}
+	return skipLeak
 }
 
 // clip shortens a long line to the part around its first masked secret.
@@ -184,5 +198,16 @@ func TestScanForSecrets(t *testing.T) {
 	if len(rec.errs) != 1 || !strings.Contains(rec.errs[0], "a log, line 2") ||
 		!strings.Contains(rec.errs[0], "[canary: Segura client secret]") || strings.Contains(rec.errs[0], canarySecret) {
 		t.Errorf("reports %q, want one naming line 2 with the secret masked", rec.errs)
+	}
+
+	// A secret in every line of a long output: maxReports lines, then a note that says so.
+	rec = &errorsOf{TB: t}
+	var long strings.Builder
+	for i := range 3 * maxReports {
+		fmt.Fprintf(&long, "%d password=%s\n", i, canaryPassword)
+	}
+	scanForSecrets(rec, "a long log", long.String())
+	if len(rec.errs) != maxReports+1 || !strings.Contains(rec.errs[maxReports], "not shown") {
+		t.Errorf("%d reports, want %d and a note", len(rec.errs), maxReports+1)
 	}
 }
