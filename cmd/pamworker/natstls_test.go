@@ -88,6 +88,7 @@ func runToExit(t *testing.T, env []string) (string, int) {
 	cmd := exec.CommandContext(ctx, binary(t), "run")
 	cmd.Env = append(append(baseEnv(), env...), "PAMWORKER_HTTP_ADDR="+freeAddr(t))
 	out, err := cmd.CombinedOutput()
+	scanForSecrets(t, "pamworker run", string(out))
 	if ctx.Err() != nil {
 		t.Fatalf("the worker was still running after 20s; want it to stop at start:\n%s", out)
 	}

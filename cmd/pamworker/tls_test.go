@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/base64"
 	"encoding/pem"
 	"math/big"
 	"net"
@@ -79,6 +80,8 @@ func (p *pki) issue(cn string, hosts []string, notAfter time.Time, usage x509.Ex
 	kder, _ := x509.MarshalECPrivateKey(key)
 	certFile := p.write(cn+".pem", "CERTIFICATE", der)
 	keyFile := p.write(cn+"-key.pem", "EC PRIVATE KEY", kder)
+	// The first line of the key file's PEM body: a key printed anywhere would show it.
+	registerCanary(p.t, "TLS private key of "+cn, base64.StdEncoding.EncodeToString(kder)[:64])
 	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
 		p.t.Fatal(err)
