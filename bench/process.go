@@ -65,7 +65,7 @@ func startWorker(name string, cmd *exec.Cmd, logPath, profile string) (*workerPr
 
 // startPamworker runs the pamworker binary against the bench's broker and fake API, and waits
 // until its /readyz answers 200.
-func startPamworker(bin, natsURL, apiURL string, concurrency int, logPath, profile string) (*workerProc, error) {
+func startPamworker(bin, natsURL, apiURL string, concurrency int, logPath, profile string, extra ...string) (*workerProc, error) {
 	addr, err := freeAddr()
 	if err != nil {
 		return nil, err
@@ -83,6 +83,7 @@ func startPamworker(bin, natsURL, apiURL string, concurrency int, logPath, profi
 		// the worker's own capacity against an instant fake, so it lifts the limit.
 		"PAMWORKER_TARGET_RATE=10000",
 	)
+	cmd.Env = append(cmd.Env, extra...)
 	w, err := startWorker("pamworker", cmd, logPath, profile)
 	if err != nil {
 		return nil, err

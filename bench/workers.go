@@ -17,9 +17,20 @@ const (
 	kindResults  = "baseline+results" // results through JetStream (with Nats-Msg-Id), acks awaited
 	kindLedger   = "baseline+ledger"  // and a ledger: KV read before the call, write with the result
 	kindPam      = "pamworker"
+	kindGuards   = "pamworker+guards" // with guardrails on that never refuse the bench's events
 )
 
-var workerKinds = []string{kindBaseline, kindResults, kindLedger, kindPam}
+var workerKinds = []string{kindBaseline, kindResults, kindLedger, kindPam, kindGuards}
+
+// guardSettings turn on the guardrails a production configuration would have — protected
+// objects and blast-radius limits — without refusing or holding any of the bench's disables:
+// it measures what the checks cost on the normal path (with a limit configured, every event
+// also asks the ledger whether its object is parked behind a held event).
+var guardSettings = []string{
+	"PAMWORKER_SEGURA_PROTECTED_CREDENTIALS=0000; breakglass-*@*; pamworker-a2a@vault01",
+	"PAMWORKER_SEGURA_PROTECTED_SESSION_OWNERS=breakglass",
+	"PAMWORKER_LIMITS=pam.session.drop=50/1m,pam.credential.enable=50/1m",
+}
 
 // baselineConsumer is the baselines' durable consumer, named apart from pamworker's.
 const baselineConsumer = "baseline"
@@ -73,8 +84,11 @@ func (b *bench) startWorker(ctx context.Context, kind string, run int) (*workerP
 	if b.opts.profileDir != "" {
 		profile = filepath.Join(b.opts.profileDir, fmt.Sprintf("%s-%d.cpu.pprof", name, run))
 	}
-	if kind == kindPam {
+	switch kind {
+	case kindPam:
 		return startPamworker(b.pamBin, b.natsURL, b.api.URL, b.opts.concurrency, logPath, profile)
+	case kindGuards:
+		return startPamworker(b.pamBin, b.natsURL, b.api.URL, b.opts.concurrency, logPath, profile, guardSettings...)
 	}
 	if err := b.createBaselineTopology(ctx, kind); err != nil {
 		return nil, fmt.Errorf("%s topology: %w", kind, err)
