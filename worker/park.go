@@ -60,12 +60,14 @@ func parkKey(ev events.Event) string {
 	return keyOf("park", handlers.TargetLabel(ev.Action, ev.Target)+"|"+objectKey(ev))
 }
 
-// parking reports whether events of msg's lane may be parked: an ordered lane of a target,
-// with blast-radius limits configured.
-func (w *Worker) parking(msg jetstream.Msg) bool {
-	s := msg.Subject()
-	return len(w.cfg.Limits) > 0 && strings.HasPrefix(s, workPrefix()) && !isParkLane(s) && s != laneSubject(invalidLane, 0)
+// ordered reports whether subject is an ordered lane of a target, whose events may be parked.
+func ordered(subject string) bool {
+	return strings.HasPrefix(subject, workPrefix()) && !isParkLane(subject) && subject != laneSubject(invalidLane, 0)
 }
+
+// parking reports whether a held event of msg's lane is parked (else it waits where it is, as
+// in a park lane).
+func (w *Worker) parking(msg jetstream.Msg) bool { return ordered(msg.Subject()) }
 
 // parkedLane returns the park lane ev's object is parked in, "" if it is not.
 func (w *Worker) parkedLane(ctx context.Context, ev events.Event) (string, error) {
@@ -101,6 +103,10 @@ func (w *Worker) park(ctx context.Context, msg jetstream.Msg, ev events.Event, l
 			pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			_, err = w.js.PublishMsg(pctx, &nats.Msg{Subject: lane, Header: h, Data: msg.Data()})
 			cancel()
+			// A failed publish leaves the id in the mark: the publish may have been stored with
+			// only its acknowledgement lost, and a mark too many costs later events of the
+			// object a detour through the park lane, while a mark too few could let one of them
+			// overtake the parked event. The redelivery parks it again under the same id.
 		}
 	}
 	if err != nil {

@@ -48,6 +48,7 @@ type bundle struct {
 	mu      sync.Mutex
 	results map[string][]events.Result
 	arrived chan struct{}
+	stop    func()
 }
 
 type options struct {
@@ -163,12 +164,16 @@ func setup(t *testing.T, o options) *bundle {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- b.w.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("worker.Run: %v", err)
-		}
-	})
+	var once sync.Once
+	b.stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("worker.Run: %v", err)
+			}
+		})
+	}
+	t.Cleanup(b.stop)
 	waitFor(t, 10*time.Second, "worker ready", func() bool { ok, _ := b.w.Ready(); return ok })
 	return b
 }

@@ -354,6 +354,26 @@ func (w *Worker) process(soft, hard context.Context, msg jetstream.Msg) {
 	})
 	log := w.log.With("event_id", ev.ID, "action", ev.Action)
 
+	// An earlier event about this object waits in a park lane: this one follows it there. This
+	// is checked whether or not limits are configured now (events parked under an earlier
+	// configuration, or by another replica, still come first), and before the ledger: the park
+	// lane records a parked event's result before it clears the mark, so an empty mark means a
+	// redelivered lane message will find that result.
+	if decodeErr == nil && !ev.DryRun && ordered(msg.Subject()) {
+		lane, err := w.parkedLane(hard, ev)
+		if err != nil {
+			log.Warn("ledger unavailable for the park check; event deferred", "error", err)
+			w.postpone(msg, ev, "ledger", time.Second)
+			return
+		}
+		if lane != "" {
+			if w.park(hard, msg, ev, lane, log) {
+				log.Info("event follows a held event about the same object into its park lane", "target", ev.Target, "park_lane", lane)
+			}
+			return
+		}
+	}
+
 	if w.mayBeRepeat(msg, ev, msgID, generated) {
 		prior, raw, err := w.ledger.result(hard, ev.ID)
 		if err != nil {
@@ -387,21 +407,6 @@ func (w *Worker) process(soft, hard context.Context, msg jetstream.Msg) {
 	if rej := w.cfg.Protected.Check(ev); rej != nil {
 		w.refuseProtected(hard, msg, ev, rejected(ev, rej), start, log)
 		return
-	}
-	if w.parking(msg) && !ev.DryRun {
-		// An earlier event about this object waits in a park lane: this one follows it.
-		lane, err := w.parkedLane(hard, ev)
-		if err != nil {
-			log.Warn("ledger unavailable for the park check; event deferred", "error", err)
-			w.postpone(msg, ev, "ledger", time.Second)
-			return
-		}
-		if lane != "" {
-			if w.park(hard, msg, ev, lane, log) {
-				log.Info("event follows a held event about the same object into its park lane", "target", ev.Target, "park_lane", lane)
-			}
-			return
-		}
 	}
 	switch decision, wait, err := w.blast(hard, ev, received); {
 	case err != nil:
@@ -558,7 +563,9 @@ func (w *Worker) mayBeRepeat(msg jetstream.Msg, ev events.Event, msgID, generate
 	if ev.ID == generated {
 		return false
 	}
-	if !w.firstFromStream || msgID != ev.ID {
+	if !w.firstFromStream || msgID != ev.ID || isParkLane(msg.Subject()) {
+		// A park copy is a new message in the work stream whatever its history: a lane message
+		// parked twice (its ack lost for longer than the work stream's duplicate window) has two.
 		return true
 	}
 	md, err := msg.Metadata()
