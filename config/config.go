@@ -86,6 +86,9 @@ type Element struct {
 	Protected []string // users whose sessions are never deleted (the login itself is added)
 }
 
+// maxHeldAge is how long the worker keeps a routed event (the work stream's MaxAge).
+const maxHeldAge = 24 * time.Hour
+
 // Defaults of the settings that have one.
 const (
 	DefaultNATSListen      = "127.0.0.1:4222"
@@ -353,8 +356,16 @@ func Load(getenv func(string) string, environ []string) (Config, error) {
 
 // validate checks what Load could not check one value at a time.
 func (c Config) validate() error {
-	if _, err := guard.ParseLimits(c.Limits); err != nil {
+	limits, err := guard.ParseLimits(c.Limits)
+	if err != nil {
 		return fmt.Errorf("PAMWORKER_LIMITS: %w", err)
+	}
+	// A held event waits until its window opens or it turns stale. The worker remembers where
+	// it waits for PAMWORKER_DEDUP_TTL and keeps routed events for a day (maxHeldAge), so the
+	// stale limit must come first.
+	if len(limits) > 0 && (c.MaxEventAge <= 0 || c.MaxEventAge >= c.DedupTTL || c.MaxEventAge >= maxHeldAge) {
+		return fmt.Errorf("PAMWORKER_LIMITS needs PAMWORKER_MAX_EVENT_AGE set and below PAMWORKER_DEDUP_TTL (%s) and %s: a held event may wait until it is that old, and the worker keeps its place for no longer",
+			c.DedupTTL, maxHeldAge)
 	}
 	a := c.NATSAuth
 	ways := 0

@@ -362,6 +362,12 @@ func TestErrors(t *testing.T) {
 		avoid []string // and none of these (secrets)
 	}{
 		{"unknown variable", map[string]string{"PAMWORKER_CONCURENCY": "8"}, []string{"PAMWORKER_CONCURENCY", "unknown"}, nil},
+		{"limits with events never stale", map[string]string{"PAMWORKER_LIMITS": "pam.session.drop=5/1m", "PAMWORKER_MAX_EVENT_AGE": "0"},
+			[]string{"PAMWORKER_LIMITS", "PAMWORKER_MAX_EVENT_AGE"}, nil},
+		{"limits with a ledger shorter than the stale limit", map[string]string{"PAMWORKER_LIMITS": "pam.session.drop=5/1m",
+			"PAMWORKER_DEDUP_TTL": "30m"}, []string{"PAMWORKER_LIMITS", "PAMWORKER_DEDUP_TTL"}, nil},
+		{"limits with a stale limit of two days", map[string]string{"PAMWORKER_LIMITS": "pam.session.drop=5/1m",
+			"PAMWORKER_MAX_EVENT_AGE": "48h", "PAMWORKER_DEDUP_TTL": "72h"}, []string{"PAMWORKER_LIMITS", "24h"}, nil},
 		{"unknown _FILE variable", map[string]string{"PAMWORKER_CONCURRENCY_FILE": secret}, []string{"PAMWORKER_CONCURRENCY_FILE"}, nil},
 		{"unknown set to empty", map[string]string{"PAMWORKER_DEBUG": ""}, []string{"PAMWORKER_DEBUG"}, nil},
 		{"concurrency abc", map[string]string{"PAMWORKER_CONCURRENCY": "abc"}, []string{"PAMWORKER_CONCURRENCY", "abc"}, nil},
