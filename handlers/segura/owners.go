@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/pamworker/pamworker/events"
@@ -14,6 +15,9 @@ import (
 // CodeSessionNotListed is the rejection of a drop whose session Segura does not list, when
 // session owners are protected: its owner cannot be checked, so nothing is dropped.
 const CodeSessionNotListed = "session_not_listed"
+
+// CodeSessionOwnerUnknown is the rejection of a drop whose session is listed without a user.
+const CodeSessionOwnerUnknown = "session_owner_unknown"
 
 // OwnerCheck decides, once a session's owner is known, whether the session may be dropped:
 // nil, or the rejection to answer with.
@@ -113,6 +117,12 @@ func (c *Client) checkOwner(ctx context.Context, ev events.Event) (string, error
 	if !listed {
 		return "", &events.Rejection{Code: CodeSessionNotListed, Message: fmt.Sprintf(
 			"session %s is not in Segura's remote session list, so its owner cannot be checked against the protected session owners; nothing was dropped",
+			ev.SessionID)}
+	}
+	if strings.TrimSpace(owner) == "" {
+		// Fail closed: a list that stops naming users must not make every session droppable.
+		return "", &events.Rejection{Code: CodeSessionOwnerUnknown, Message: fmt.Sprintf(
+			"Segura lists session %s without a user, so its owner cannot be checked against the protected session owners; nothing was dropped",
 			ev.SessionID)}
 	}
 	if rej := c.ownerCheck(ev.SessionID, owner); rej != nil {

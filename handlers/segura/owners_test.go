@@ -171,6 +171,32 @@ func TestSessionListFailures(t *testing.T) {
 	}
 }
 
+// TestSessionWithoutOwner: a list entry without a user (the vendor renamed the field, say)
+// fails closed: nothing is dropped.
+func TestSessionWithoutOwner(t *testing.T) {
+	t.Parallel()
+	var deletes atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		switch {
+		case req.URL.Path == "/iso/oauth2/token":
+			_, _ = w.Write([]byte(`{"access_token":"t","token_type":"Bearer","expires_in":3600}`))
+		case req.Method == http.MethodGet:
+			_, _ = w.Write([]byte(`{"code":200,"response":{"status":200,"message":"","error":false},
+				"remote_sessions":[{"id":"3","username":"breakglass","session_id":"abc123"}]}`))
+		default:
+			deletes.Add(1)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	c := newClient(t, srv.URL, ownerGuard)
+	_, err := c.Handle(context.Background(), drop("abc123", false))
+	var rej *events.Rejection
+	if !errors.As(err, &rej) || rej.Code != segura.CodeSessionOwnerUnknown || deletes.Load() != 0 {
+		t.Fatalf("session listed without a user: %v, %d deletes", err, deletes.Load())
+	}
+}
+
 // TestNestedSessionList reads the shape one documentation page shows: the list inside an
 // envelope of its own, inside the list.
 func TestNestedSessionList(t *testing.T) {
