@@ -854,3 +854,65 @@ func TestPauseResume(t *testing.T) {
 	}
 	waitUntil(t, 10*time.Second, func() bool { return !strings.Contains(w.get(t, "/readyz"), "paused") })
 }
+
+// TestPauseUnderLoad: the kill switch thrown while a playbook is publishing. Once the events
+// already in a vendor call have finished, no vendor call is made while paused, publishing
+// goes on, and after resume every event is answered exactly once.
+func TestPauseUnderLoad(t *testing.T) {
+	t.Parallel()
+	r := newRig(t)
+	startWorker(t, r.env)
+	res := collect(t, r.nc)
+	const n, first = 400, 501
+	published := make(chan struct{})
+	paused := make(chan struct{})
+	go func() {
+		defer close(published)
+		for i := range n {
+			if i == n/4 {
+				close(paused) // pause a quarter of the way in, while events are in flight
+			}
+			id := fmt.Sprintf("load-%03d", i)
+			payload := fmt.Sprintf(`{"event_id":%q,"credential_id":%d,"requested_by":"playbook"}`, id, first+i)
+			if _, err := r.js.PublishAsync(events.CredentialDisable, []byte(payload), jetstream.WithMsgID(id)); err != nil {
+				t.Error(err)
+				return
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		<-r.js.PublishAsyncComplete()
+	}()
+	<-paused
+	if out, stderr, code := cli(t, r.env, "pause"); code != 0 {
+		t.Fatalf("pause: exit %d %s %s", code, out, stderr)
+	}
+	// What was already in a call finishes; then the count must stand still.
+	last, stable := r.segura.Calls(), time.Now()
+	waitUntil(t, 30*time.Second, func() bool {
+		if c := r.segura.Calls(); c != last {
+			last, stable = c, time.Now()
+		}
+		return time.Since(stable) > time.Second
+	})
+	<-published
+	time.Sleep(2 * time.Second)
+	if c := r.segura.Calls(); c != last {
+		t.Fatalf("%d vendor calls while paused (from %d to %d)", c-last, last, c)
+	}
+	if last >= n {
+		t.Fatalf("all %d events ran before the pause took effect: the test proves nothing", last)
+	}
+	t.Logf("paused after %d of %d events; %d waited", last, n, n-last)
+	if out, stderr, code := cli(t, r.env, "resume"); code != 0 {
+		t.Fatalf("resume: exit %d %s %s", code, out, stderr)
+	}
+	waitUntil(t, 60*time.Second, func() bool { return res.count("load", events.Succeeded) == n })
+	for id, c := range res.counts() {
+		if c != 1 {
+			t.Errorf("%s: %d results", id, c)
+		}
+	}
+	if c := r.segura.Calls(); c != n {
+		t.Errorf("%d vendor calls for %d events", c, n)
+	}
+}
