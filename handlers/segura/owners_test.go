@@ -132,6 +132,26 @@ func TestOwnerLookupsShareOneList(t *testing.T) {
 	}
 }
 
+// listServer serves a token, list as the remote session list, and counts anything else (a
+// drop) in sends, answering it with success.
+func listServer(t *testing.T, list string, sends *atomic.Int32) string {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		switch {
+		case req.URL.Path == "/iso/oauth2/token":
+			_, _ = w.Write([]byte(`{"access_token":"t","token_type":"Bearer","expires_in":3600}`))
+		case req.Method == http.MethodGet:
+			_, _ = w.Write([]byte(list))
+		default:
+			sends.Add(1)
+			_, _ = w.Write([]byte(`{"code":200,"response":{"status":200,"message":"Session dropped successfully","error":false}}`))
+		}
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
 // TestSessionListFailures: a list the worker cannot read never lets a drop through.
 func TestSessionListFailures(t *testing.T) {
 	t.Parallel()
@@ -150,24 +170,13 @@ func TestSessionListFailures(t *testing.T) {
 		{"envelope without a list", `{"code":200,"response":{"status":200,"message":"","error":false}}`, "retry"},
 		{"error envelope", `{"code":403,"response":{"status":403,"message":"You are not authorized to access this resource.","error":true}}`, "down"},
 	} {
-		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-			if req.URL.Path == "/iso/oauth2/token" {
-				w.Header().Set("Content-Type", "application/json")
-				_, _ = w.Write([]byte(`{"access_token":"t","token_type":"Bearer","expires_in":3600}`))
-				return
-			}
-			if req.Method != http.MethodGet {
-				t.Errorf("%s: %s %s sent", tc.name, req.Method, req.URL.Path)
-			}
-			w.Header().Set("Content-Type", "application/json")
-			_, _ = w.Write([]byte(tc.body))
-		}))
-		c := newClient(t, srv.URL, ownerGuard)
+		var sends atomic.Int32
+		url := listServer(t, tc.body, &sends)
+		c := newClient(t, url, ownerGuard)
 		_, err := c.Handle(context.Background(), drop("e95d6160bbfbe6f1594bd0ff29d102dc", false))
-		if kind, _, _, _ := handlers.Classify(err); kind != tc.kind {
-			t.Errorf("%s: %v (%s), want %s", tc.name, err, kind, tc.kind)
+		if kind, _, _, _ := handlers.Classify(err); kind != tc.kind || sends.Load() != 0 {
+			t.Errorf("%s: %v (%s), want %s; %d drops sent", tc.name, err, kind, tc.kind, sends.Load())
 		}
-		srv.Close()
 	}
 }
 
@@ -176,20 +185,9 @@ func TestSessionListFailures(t *testing.T) {
 func TestSessionWithoutOwner(t *testing.T) {
 	t.Parallel()
 	var deletes atomic.Int32
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		switch {
-		case req.URL.Path == "/iso/oauth2/token":
-			_, _ = w.Write([]byte(`{"access_token":"t","token_type":"Bearer","expires_in":3600}`))
-		case req.Method == http.MethodGet:
-			_, _ = w.Write([]byte(`{"code":200,"response":{"status":200,"message":"","error":false},
-				"remote_sessions":[{"id":"3","username":"breakglass","session_id":"abc123"}]}`))
-		default:
-			deletes.Add(1)
-		}
-	}))
-	t.Cleanup(srv.Close)
-	c := newClient(t, srv.URL, ownerGuard)
+	url := listServer(t, `{"code":200,"response":{"status":200,"message":"","error":false},
+		"remote_sessions":[{"id":"3","username":"breakglass","session_id":"abc123"}]}`, &deletes)
+	c := newClient(t, url, ownerGuard)
 	_, err := c.Handle(context.Background(), drop("abc123", false))
 	var rej *events.Rejection
 	if !errors.As(err, &rej) || rej.Code != segura.CodeSessionOwnerUnknown || deletes.Load() != 0 {
@@ -206,20 +204,8 @@ func TestNestedSessionList(t *testing.T) {
 			{"id":"3","user":"Admin","credential":"usrdomadm01","device":"10.66.33.15:3389","protocol":"rdp",
 			 "session_id":"e7acacb6aedbab70073456da5744166939b77527","start":"2024-05-06 16:05:07","end":"","request":null,"ITSM":null}]}]}`
 	var deletes atomic.Int32
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		switch {
-		case req.URL.Path == "/iso/oauth2/token":
-			_, _ = w.Write([]byte(`{"access_token":"t","token_type":"Bearer","expires_in":3600}`))
-		case req.Method == http.MethodGet:
-			_, _ = w.Write([]byte(body))
-		default:
-			deletes.Add(1)
-			_, _ = w.Write([]byte(`{"code":200,"response":{"status":200,"message":"Session dropped successfully","error":false}}`))
-		}
-	}))
-	t.Cleanup(srv.Close)
-	c := newClient(t, srv.URL, func(cfg *segura.Config) {
+	url := listServer(t, body, &deletes)
+	c := newClient(t, url, func(cfg *segura.Config) {
 		cfg.OwnerCheck = guard.Protected{SessionOwners: map[string][]string{"default": {"admin"}}}.SessionOwnerCheck("default")
 	})
 	_, err := c.Handle(context.Background(), drop("e7acacb6aedbab70073456da5744166939b77527", false))
