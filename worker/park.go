@@ -42,7 +42,12 @@ const (
 func parkSubject(target, counter string) string {
 	h := fnv.New32a()
 	h.Write([]byte(counter))
-	return workPrefix() + parkLanePrefix + strings.Replace(target, "/", ".", 1) + "." + strconv.Itoa(int(h.Sum32()%partitions))
+	return parkLane(target, int(h.Sum32()%partitions))
+}
+
+// parkLane is the subject of a target's park lane n.
+func parkLane(target string, n int) string {
+	return workPrefix() + parkLanePrefix + strings.Replace(target, "/", ".", 1) + "." + strconv.Itoa(n)
 }
 
 func isParkLane(subject string) bool {
@@ -185,7 +190,7 @@ func parkLanes(targets []string) []string {
 	var out []string
 	for _, t := range targets {
 		for p := range partitions {
-			out = append(out, workPrefix()+parkLanePrefix+strings.Replace(t, "/", ".", 1)+"."+strconv.Itoa(p))
+			out = append(out, parkLane(t, p))
 		}
 	}
 	return out

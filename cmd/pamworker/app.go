@@ -102,7 +102,8 @@ func serve(ctx context.Context, cfg config.Config, withSandbox bool, log *slog.L
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := worker.NewMetrics(reg)
 
-	registry, targets, err := buildHandlers(cfg, metrics, log)
+	prot := protected(cfg)
+	registry, targets, err := buildHandlers(cfg, prot, metrics, log)
 	if err != nil {
 		return err
 	}
@@ -132,7 +133,7 @@ func serve(ctx context.Context, cfg config.Config, withSandbox bool, log *slog.L
 		AckWait:         cfg.AckWait,
 		ShutdownTimeout: cfg.ShutdownTimeout,
 		MaxEventAge:     cmp.Or(cfg.MaxEventAge, -1), // 0 in the settings: no limit
-		Protected:       protected(cfg),
+		Protected:       prot,
 		TargetRate:      cfg.TargetRate,
 		Topology:        topology(cfg),
 		Targets:         targets,
@@ -216,7 +217,7 @@ func topology(cfg config.Config) worker.Topology {
 
 // buildHandlers creates one client per configured target, each with an HTTP client whose
 // transport counts attempts, and registers the vendors' actions.
-func buildHandlers(cfg config.Config, m *worker.Metrics, log *slog.Logger) (*handlers.Registry, []string, error) {
+func buildHandlers(cfg config.Config, prot guard.Protected, m *worker.Metrics, log *slog.Logger) (*handlers.Registry, []string, error) {
 	client := func(target string, t handlers.TLSFiles) (*http.Client, error) {
 		tc, err := handlers.TLSConfig(t)
 		if err != nil {
@@ -242,7 +243,7 @@ func buildHandlers(cfg config.Config, m *worker.Metrics, log *slog.Logger) (*han
 		}
 		c, err := segura.New(segura.Config{Name: name, BaseURL: t.URL, APIPrefix: t.APIPrefix, TokenURL: t.TokenURL,
 			ClientID: t.ClientID, ClientSecret: t.ClientSecret, HTTPClient: hc,
-			OwnerCheck: protected(cfg).SessionOwnerCheck(name)})
+			OwnerCheck: prot.SessionOwnerCheck(name)})
 		if err != nil {
 			return nil, nil, fmt.Errorf("segura target %q: %w", name, err)
 		}
