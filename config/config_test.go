@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -324,11 +325,9 @@ func TestErrors(t *testing.T) {
 	secret := writeFile(t, "secret", "s\n")
 	empty := writeFile(t, "empty", "\n")
 	missing := filepath.Join(t.TempDir(), "does-not-exist")
-	segura := func(extra map[string]string) map[string]string {
-		m := map[string]string{
-			"PAMWORKER_SEGURA_URL": "https://segura.example.com", "PAMWORKER_SEGURA_CLIENT_ID": "id",
-			"PAMWORKER_SEGURA_CLIENT_SECRET": "s",
-		}
+	// with returns base with extra applied; "-" removes a variable.
+	with := func(base, extra map[string]string) map[string]string {
+		m := maps.Clone(base)
 		for k, v := range extra {
 			if v == "-" {
 				delete(m, k)
@@ -338,19 +337,17 @@ func TestErrors(t *testing.T) {
 		}
 		return m
 	}
+	segura := func(extra map[string]string) map[string]string {
+		return with(map[string]string{
+			"PAMWORKER_SEGURA_URL": "https://segura.example.com", "PAMWORKER_SEGURA_CLIENT_ID": "id",
+			"PAMWORKER_SEGURA_CLIENT_SECRET": "s",
+		}, extra)
+	}
 	element := func(extra map[string]string) map[string]string {
-		m := map[string]string{
+		return with(map[string]string{
 			"PAMWORKER_ELEMENT_URL": "https://mvip/json-rpc/12.0", "PAMWORKER_ELEMENT_USERNAME": "admin",
 			"PAMWORKER_ELEMENT_PASSWORD": "pw",
-		}
-		for k, v := range extra {
-			if v == "-" {
-				delete(m, k)
-			} else {
-				m[k] = v
-			}
-		}
-		return m
+		}, extra)
 	}
 	yaml := func(content string) map[string]string {
 		return map[string]string{"PAMWORKER_CONFIG": writeFile(t, "pamworker.yaml", content)}
