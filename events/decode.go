@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -359,12 +360,22 @@ func validSegment(s string) error {
 	return nil
 }
 
-// validID checks an identifier: non-empty, bounded, valid UTF-8, no control characters.
+// validID checks an identifier: non-empty, bounded, valid UTF-8, no control characters and
+// nothing invisible. An id that holds a zero-width space, a soft hyphen or a bidi override
+// reads as another id than it is: to a person checking a result, and to a protection list.
 func validID(s string) error {
 	if strings.TrimSpace(s) == "" {
 		return errors.New("must not be empty")
 	}
-	return validText(s, MaxIDBytes)
+	if err := validText(s, MaxIDBytes); err != nil {
+		return err
+	}
+	for _, r := range s {
+		if unicode.In(r, unicode.Cf, unicode.Zl, unicode.Zp) {
+			return fmt.Errorf("contains the invisible character %U", r)
+		}
+	}
+	return nil
 }
 
 func validText(s string, max int) error {

@@ -4,7 +4,10 @@
 package events
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
+	"strconv"
 	"time"
 )
 
@@ -73,6 +76,24 @@ func (e Event) Object() string {
 	return ""
 }
 
+// Digest identifies what the event asks for: its action, target, object, dry_run, time and
+// the text fields that go into its result — everything but its id and the reply_to inbox,
+// which a retrying publisher must be free to change. Two events with one id are the same
+// event only if their digests are equal; the ledger answers a repeat only then.
+func (e Event) Digest() string {
+	h := sha256.New()
+	t := ""
+	if !e.Time.IsZero() {
+		t = e.Time.UTC().Format(time.RFC3339Nano)
+	}
+	for _, f := range []string{"v1", e.Action, e.Target, e.SessionID, strconv.FormatInt(e.CredentialID, 10),
+		e.Username, e.Hostname, e.AuthMethod, strconv.FormatBool(e.DryRun), t, e.Reason, e.RequestedBy, e.CorrelationID} {
+		// Length-prefixed, so no two field lists encode alike.
+		h.Write([]byte(strconv.Itoa(len(f)) + ":" + f))
+	}
+	return hex.EncodeToString(h.Sum(nil)[:16])
+}
+
 // Rejection is the error Decode returns: a machine-readable code and a message naming the problem.
 type Rejection struct {
 	Code    string
@@ -88,6 +109,9 @@ const (
 	CodeUnknownAction       = "unknown_action"
 	CodeTargetNotConfigured = "target_not_configured"
 	CodeStaleEvent          = "stale_event"
+	// CodeIDConflict: the event reuses the id of an earlier, different event (another action,
+	// object or field). It is not run, and not answered with the other event's result.
+	CodeIDConflict = "event_id_conflict"
 )
 
 func rejectf(code, format string, args ...any) *Rejection {

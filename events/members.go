@@ -150,6 +150,10 @@ func payloadFrom(ms []member) (payload, *Rejection) {
 		case "correlation_id":
 			dst = &p.CorrelationID
 		case "dry_run":
+			// A request to preview must never change state: only an explicit false runs live.
+			if string(m.raw) == "null" {
+				return p, rejectf(CodeInvalidEvent, "dry_run is null: give true or false (leave it out for a live run)")
+			}
 			dst = &p.DryRun
 		case "reply_to":
 			dst = &p.ReplyTo
@@ -198,12 +202,32 @@ func cloudEventFrom(ms []member) (cloudEvent, *Rejection) {
 			ce.Data = m.raw
 		case "data_base64":
 			ce.DataBase64 = m.raw
+		case "source", "subject", "datacontenttype", "dataschema":
+		default:
+			// An extension named like a payload field (dry_run, "dryrun", target ...) would be
+			// ignored, and a dry run beside data would run live: refuse it instead.
+			if payloadField(m.key) {
+				rej = rejectf(CodeInvalidEvent, "attribute %q belongs inside data, where the payload's fields are read; nothing outside data is", m.key)
+			}
 		}
 		if rej != nil {
 			return ce, &Rejection{Code: rej.Code, Message: "CloudEvents envelope: " + rej.Message}
 		}
 	}
 	return ce, nil
+}
+
+// payloadField reports whether key names a payload field, in any case and with or without
+// underscores and dashes (CloudEvents extension names cannot hold underscores).
+func payloadField(key string) bool {
+	fold := func(s string) string { return strings.NewReplacer("_", "", "-", "").Replace(strings.ToLower(s)) }
+	k := fold(key)
+	for name := range payloadKeys {
+		if fold(name) == k {
+			return true
+		}
+	}
+	return false
 }
 
 func has(ms []member, key string) bool {
