@@ -30,6 +30,7 @@ type Config struct {
 	NATSURL         handlers.Secret // empty: start the embedded server (a URL may hold a password)
 	NATSAuth        NATSAuth        // how the worker proves who it is to NATS
 	NATSListen      string          // embedded server's client address
+	InboxPrefix     string          // prefix of this process's reply inboxes (_INBOX, or _INBOX.<name>)
 	DataDir         string          // embedded server's file store
 	HTTPAddr        string          // /metrics, /healthz, /readyz
 	Concurrency     int
@@ -40,13 +41,14 @@ type Config struct {
 	AckWait         time.Duration
 	DedupTTL        time.Duration
 	ShutdownTimeout time.Duration
+	StallTimeout    time.Duration   // no decision for this long while events wait: not ready
 	MaxEventAge     time.Duration   // 0: no limit
 	TargetRate      float64         // API attempts per second per target
 	StreamReplicas  int             // replicas of the streams and bucket the worker creates
 	SignedSubjects  []string        // subject patterns whose events must be signed
 	SigningKeys     handlers.Secret // whsec_/whpk_ keys, separated by ";" or white space
 	SignatureAge    time.Duration   // tolerance of a signature's timestamp
-	Limits          string          // blast-radius limits, "ACTION=MAX/WINDOW,..." (parsed by guard.ParseLimits)
+	Limits          string          // blast-radius limits, "ACTION=MAX/WINDOW[/PER_REQUESTER],..." (parsed by guard.ParseLimits)
 	LogLevel        slog.Level
 
 	Segura  map[string]Segura  // by target name; "default" from the environment
@@ -102,6 +104,8 @@ const (
 	DefaultAckWait         = 30 * time.Second
 	DefaultDedupTTL        = 24 * time.Hour
 	DefaultShutdownTimeout = 20 * time.Second
+	DefaultStallTimeout    = 2 * time.Minute
+	DefaultInboxPrefix     = "_INBOX"
 	DefaultMaxEventAge     = time.Hour
 	DefaultTargetRate      = 50
 	DefaultStreamReplicas  = 1
@@ -115,8 +119,8 @@ var env = map[string]bool{ // name → has a _FILE form
 	"PAMWORKER_MAX_DELIVERIES": false, "PAMWORKER_RETRY_MAX_ELAPSED": false,
 	"PAMWORKER_ACK_WAIT": false, "PAMWORKER_DEDUP_TTL": false, "PAMWORKER_SHUTDOWN_TIMEOUT": false,
 	"PAMWORKER_LOG_LEVEL": false, "PAMWORKER_MAX_EVENT_AGE": false, "PAMWORKER_TARGET_RATE": false,
-	"PAMWORKER_STREAM_REPLICAS": false,
-	"PAMWORKER_SEGURA_URL":      false, "PAMWORKER_SEGURA_CLIENT_ID": true,
+	"PAMWORKER_STREAM_REPLICAS": false, "PAMWORKER_STALL_TIMEOUT": false, "PAMWORKER_NATS_INBOX_PREFIX": false,
+	"PAMWORKER_SEGURA_URL": false, "PAMWORKER_SEGURA_CLIENT_ID": true,
 	"PAMWORKER_SEGURA_CLIENT_SECRET": true, "PAMWORKER_SEGURA_TOKEN_URL": false,
 	"PAMWORKER_SEGURA_API_PREFIX": false, "PAMWORKER_ELEMENT_URL": false,
 	"PAMWORKER_ELEMENT_USERNAME": true, "PAMWORKER_ELEMENT_PASSWORD": true,
@@ -167,6 +171,7 @@ type file struct {
 	AckWait         string                 `yaml:"ack_wait"`
 	DedupTTL        string                 `yaml:"dedup_ttl"`
 	ShutdownTimeout string                 `yaml:"shutdown_timeout"`
+	StallTimeout    string                 `yaml:"stall_timeout"`
 	MaxEventAge     string                 `yaml:"max_event_age"`
 	TargetRate      string                 `yaml:"target_rate"`
 	StreamReplicas  string                 `yaml:"stream_replicas"`
@@ -197,6 +202,7 @@ type seguraFile struct {
 type natsFile struct {
 	CredsFile    string `yaml:"creds_file"`
 	NkeySeedFile string `yaml:"nkey_seed_file"`
+	InboxPrefix  string `yaml:"inbox_prefix"`
 	User         string `yaml:"user"`
 	Password     string `yaml:"password"`
 	PasswordFile string `yaml:"password_file"`
@@ -265,6 +271,7 @@ func Load(getenv func(string) string, environ []string) (Config, error) {
 			TLS:          l.envTLS("PAMWORKER_NATS_", l.tls("nats", f.NATS.tlsFile)),
 		},
 		NATSListen:      cmp.Or(getenv("PAMWORKER_NATS_LISTEN"), f.NATSListen, DefaultNATSListen),
+		InboxPrefix:     cmp.Or(getenv("PAMWORKER_NATS_INBOX_PREFIX"), f.NATS.InboxPrefix, DefaultInboxPrefix),
 		DataDir:         cmp.Or(getenv("PAMWORKER_DATA_DIR"), f.DataDir, DefaultDataDir),
 		HTTPAddr:        cmp.Or(getenv("PAMWORKER_HTTP_ADDR"), f.HTTPAddr, DefaultHTTPAddr),
 		Concurrency:     l.integer("PAMWORKER_CONCURRENCY", f.Concurrency, DefaultConcurrency, 1, 1024),
@@ -275,6 +282,7 @@ func Load(getenv func(string) string, environ []string) (Config, error) {
 		AckWait:         l.duration("PAMWORKER_ACK_WAIT", f.AckWait, DefaultAckWait, 3*time.Second, time.Hour),
 		DedupTTL:        l.duration("PAMWORKER_DEDUP_TTL", f.DedupTTL, DefaultDedupTTL, time.Minute, 90*24*time.Hour),
 		ShutdownTimeout: l.duration("PAMWORKER_SHUTDOWN_TIMEOUT", f.ShutdownTimeout, DefaultShutdownTimeout, time.Second, 10*time.Minute),
+		StallTimeout:    l.duration("PAMWORKER_STALL_TIMEOUT", f.StallTimeout, DefaultStallTimeout, time.Second, 24*time.Hour),
 		MaxEventAge:     l.duration("PAMWORKER_MAX_EVENT_AGE", f.MaxEventAge, DefaultMaxEventAge, 0, 30*24*time.Hour),
 		TargetRate:      float64(l.integer("PAMWORKER_TARGET_RATE", f.TargetRate, DefaultTargetRate, 1, 10000)),
 		StreamReplicas:  l.integer("PAMWORKER_STREAM_REPLICAS", f.StreamReplicas, DefaultStreamReplicas, 1, 5),
@@ -390,6 +398,9 @@ func (c Config) validate() error {
 	if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
 		return fmt.Errorf("PAMWORKER_HTTP_ADDR: %q is not host:port", c.HTTPAddr)
 	}
+	if err := validInboxPrefix(c.InboxPrefix); err != nil {
+		return fmt.Errorf("PAMWORKER_NATS_INBOX_PREFIX: %w", err)
+	}
 	for _, name := range sortedKeys(c.Segura) {
 		s := c.Segura[name]
 		key := settingName("segura", name)
@@ -486,6 +497,24 @@ func validURL(raw string) error {
 		return errors.New("must not carry credentials; use the username/password or client id/secret settings")
 	case u.RawQuery != "" || u.Fragment != "":
 		return fmt.Errorf("%q must not have a query or fragment", u.Redacted())
+	}
+	return nil
+}
+
+// validInboxPrefix accepts _INBOX and _INBOX.<token>...: results are only ever sent to
+// reply_to inboxes under _INBOX., and each identity's permissions name its own prefix.
+func validInboxPrefix(p string) error {
+	if p == "_INBOX" {
+		return nil
+	}
+	rest, ok := strings.CutPrefix(p, "_INBOX.")
+	if !ok || rest == "" {
+		return fmt.Errorf("%q must be _INBOX or begin with _INBOX. (reply_to inboxes must)", p)
+	}
+	for _, tok := range strings.Split(rest, ".") {
+		if tok == "" || strings.Trim(tok, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_") != "" {
+			return fmt.Errorf("%q: each token after _INBOX. is letters, digits, - or _", p)
+		}
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"unicode"
+	"unicode/utf8"
 
 	"golang.org/x/text/unicode/norm"
 
@@ -93,21 +94,47 @@ func vendorOf(action string) string {
 }
 
 // skeleton reduces a name to what a person would read: surrounding space removed, Unicode
-// compatibility forms folded (NFKC: full-width letters, ligatures), case folded, and letters
-// that look like Latin ones (Cyrillic а, Greek ο ...) mapped to them, so "ＡＤＭＩＮ",
-// " Admin " and "аdmin" all read as "admin".
+// compatibility forms folded (NFKC: full-width letters, ligatures), invisible characters
+// (zero-width space, soft hyphen, bidi controls) dropped, case folded, letters that look like
+// Latin ones (Cyrillic а, Greek ο ...) mapped to them, runs of spaces made one, the spaces
+// around a distinguished name's separators dropped (CN=a, OU=b is CN=a,OU=b, as LDAP compares
+// them) and trailing dots removed (db01. is the fully qualified db01). So "ＡＤＭＩＮ",
+// " Admin ", "аdmin" and "ad\u200bmin" all read as "admin". Folding only ever makes more
+// names match a protected entry, never fewer.
 func skeleton(s string) string {
-	s = norm.NFKC.String(strings.TrimSpace(s))
+	s = norm.NFKC.String(s)
 	var b strings.Builder
+	space := false
 	for _, r := range s {
+		switch {
+		case unicode.In(r, unicode.Cf, unicode.Zl, unicode.Zp):
+			continue
+		case unicode.IsSpace(r):
+			space = true
+			continue
+		}
 		r = unicode.ToLower(r)
 		if l, ok := lookAlikes[r]; ok {
 			r = l
 		}
+		if space && b.Len() > 0 && !strings.ContainsRune(",=+;", r) && !strings.ContainsRune(",=+;", lastRune(b.String())) {
+			b.WriteByte(' ')
+		}
+		space = false
 		b.WriteRune(r)
 	}
-	return b.String()
+	return strings.TrimRight(b.String(), ".")
 }
+
+func lastRune(s string) rune {
+	r, _ := utf8.DecodeLastRuneInString(s)
+	return r
+}
+
+// Skeleton is the folded form names are compared in (see skeleton): the protection lists use
+// it, and so do the blast-radius limits for requested_by, so that "SOAR", " soar" and "ѕoar"
+// (Cyrillic ѕ) count as one requester.
+func Skeleton(s string) string { return skeleton(s) }
 
 // lookAlikes maps lower-case Cyrillic and Greek letters that render like Latin letters.
 var lookAlikes = map[rune]rune{

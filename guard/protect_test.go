@@ -40,6 +40,16 @@ func TestProtected(t *testing.T) {
 		{"element user, look-alike", elem("аdmіn"), true},
 		{"element LDAP DN in another case", elem("cn=jane doe,ou=ops,dc=example,dc=com"), true},
 		{"other element user", elem("operator"), false},
+		{"hostname with a trailing dot", cred(0, "root", "db01."), true},
+		{"zero-width space", cred(0, "ro\u200bot", "db01"), true},
+		{"soft hyphen", elem("ad\u00admin"), true},
+		{"bidi mark", elem("\u200eadmin"), true},
+		{"DN with spaces after commas", elem("CN=Jane Doe, OU=Ops, DC=example, DC=com"), true},
+		{"DN with spaces around =", elem("CN = Jane Doe,OU = Ops,DC=example,DC=com"), true},
+		{"DN with a doubled inner space", elem("CN=Jane  Doe,OU=Ops,DC=example,DC=com"), true},
+		{"DN with a tab", elem("CN=Jane\tDoe,OU=Ops,DC=example,DC=com"), true},
+		{"DN of another person", elem("CN=Jane Doe2,OU=Ops,DC=example,DC=com"), false},
+		{"name that only shares a prefix", elem("admins"), false},
 		{"session drop is not guarded here", events.Event{Action: events.SessionDrop, Target: "default", SessionID: "admin"}, false},
 	} {
 		rej := p.Check(tc.ev)
@@ -93,16 +103,32 @@ func TestMatch(t *testing.T) {
 
 func TestParseLimits(t *testing.T) {
 	t.Parallel()
-	l, err := ParseLimits(" pam.credential.disable=50/1m , pam.session.drop=200/30s")
-	if err != nil || l["pam.credential.disable"] != (Limit{Max: 50, Window: time.Minute}) || l["pam.session.drop"].Max != 200 {
+	l, err := ParseLimits(" pam.credential.disable=200/1m/50 , pam.session.drop=200/30s")
+	if err != nil || l["pam.credential.disable"] != (Limit{Max: 200, Window: time.Minute, PerRequester: 50}) ||
+		l["pam.session.drop"] != (Limit{Max: 200, Window: 30 * time.Second}) {
 		t.Fatalf("%v %v", l, err)
 	}
-	for _, bad := range []string{"pam.credential.disable=50", "pam.credential.disable=0/1m", "pam.nope=5/1m", "pam.session.drop=5/soon", "x"} {
+	for _, bad := range []string{"pam.credential.disable=50", "pam.credential.disable=0/1m", "pam.nope=5/1m", "pam.session.drop=5/soon", "x",
+		"pam.session.drop=5/1m/6", "pam.session.drop=5/1m/0", "pam.session.drop=5/1m/x", "pam.session.drop=5/1m/1/1", "pam.session.drop=20000/1m"} {
 		if _, err := ParseLimits(bad); err == nil {
 			t.Errorf("%q: no error", bad)
 		}
 	}
 	if l, err := ParseLimits(""); err != nil || len(l) != 0 {
 		t.Errorf("empty: %v %v", l, err)
+	}
+}
+
+// TestRequester: the names one publisher can give itself count as one requester.
+func TestRequester(t *testing.T) {
+	t.Parallel()
+	want := Requester(events.Event{RequestedBy: "soar"})
+	for _, name := range []string{"SOAR", "Soar", " soar ", "ѕoar", "so\u200bar", "ｓｏａｒ", "so\u00adar", "soar."} {
+		if got := Requester(events.Event{RequestedBy: name}); got != want {
+			t.Errorf("%q counts as %q, not as soar", name, got)
+		}
+	}
+	if Requester(events.Event{RequestedBy: "soar-2"}) == want {
+		t.Error("another requester counts as soar")
 	}
 }

@@ -87,9 +87,24 @@ func (v *Verifier) Required(subject string) bool {
 	return false
 }
 
+// SigningString is what a signature covers: the Standard Webhooks string id.timestamp.body
+// with the action subject before the body, so a signature made for one action cannot be
+// replayed on another (an enable's signature on a disable). A Standard Webhooks library signs
+// it when given subject + "." + body as its payload.
+func SigningString(id, timestamp, subject string, body []byte) []byte {
+	b := make([]byte, 0, len(id)+len(timestamp)+len(subject)+len(body)+3)
+	b = append(b, id...)
+	b = append(b, '.')
+	b = append(b, timestamp...)
+	b = append(b, '.')
+	b = append(b, subject...)
+	b = append(b, '.')
+	return append(b, body...)
+}
+
 // Check verifies the signature of an event: header reads the message's headers, body is the
-// message as it arrived, eventID the id the event was decoded with. A nil result means the
-// subject needs no signature or the signature is good.
+// message as it arrived on subject, eventID the id the event was decoded with. A nil result
+// means the subject needs no signature or the signature is good.
 func (v *Verifier) Check(subject string, header func(string) string, body []byte, eventID string) *events.Rejection {
 	if v == nil || !v.Required(subject) {
 		return nil
@@ -111,7 +126,7 @@ func (v *Verifier) Check(subject string, header func(string) string, body []byte
 		return &events.Rejection{Code: CodeBadSignature, Message: fmt.Sprintf(
 			"the signed %s %q is not the event's id %q", HeaderID, id, eventID)}
 	}
-	signed := []byte(id + "." + ts + "." + string(body))
+	signed := SigningString(id, ts, subject, body)
 	for _, sig := range strings.Fields(sigs) {
 		version, value, _ := strings.Cut(sig, ",")
 		raw, err := base64.StdEncoding.DecodeString(value)
@@ -142,11 +157,11 @@ func hmacSign(key, msg []byte) []byte {
 	return m.Sum(nil)
 }
 
-// Sign returns the Standard Webhooks headers signing body as event id at time t, with key (a
-// whsec_ secret, or "whsk_<base64 ed25519 private key>" for the asymmetric scheme).
-func Sign(key, id string, t time.Time, body []byte) (map[string]string, error) {
+// Sign returns the Standard Webhooks headers signing body as event id on subject at time t,
+// with key (a whsec_ secret, or "whsk_<base64 ed25519 private key>" for the asymmetric scheme).
+func Sign(key, subject, id string, t time.Time, body []byte) (map[string]string, error) {
 	ts := strconv.FormatInt(t.Unix(), 10)
-	signed := []byte(id + "." + ts + "." + string(body))
+	signed := SigningString(id, ts, subject, body)
 	var sig string
 	switch {
 	case strings.HasPrefix(key, "whsec_"):

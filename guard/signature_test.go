@@ -22,8 +22,12 @@ func TestSignatures(t *testing.T) {
 	}
 	v.now = func() time.Time { return now }
 	body := []byte(`{"event_id":"e1","credential_id":94}`)
-	sign := func(key, id string, at time.Time, b []byte) map[string]string {
-		h, err := Sign(key, id, at, b)
+	sign := func(key, id string, at time.Time, b []byte, subject ...string) map[string]string {
+		subj := "pam.credential.disable"
+		if len(subject) > 0 {
+			subj = subject[0]
+		}
+		h, err := Sign(key, subj, id, at, b)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -48,7 +52,10 @@ func TestSignatures(t *testing.T) {
 	}{
 		{"old key (rotation)", "pam.credential.disable", sign(secretOld, "e1", now, body), body, "e1", ""},
 		{"new key", "pam.credential.disable", sign(secretNew, "e1", now, body), body, "e1", ""},
-		{"ed25519", "pam.credential.enable", sign(whsk, "e1", now, body), body, "e1", ""},
+		{"ed25519", "pam.credential.enable", sign(whsk, "e1", now, body, "pam.credential.enable"), body, "e1", ""},
+		{"signed for enable, sent on disable", "pam.credential.disable", sign(secretNew, "e1", now, body, "pam.credential.enable"), body, "e1", CodeBadSignature},
+		{"ed25519 signed for enable, sent on disable", "pam.credential.disable", sign(whsk, "e1", now, body, "pam.credential.enable"), body, "e1", CodeBadSignature},
+		{"signed for a subject that needs none", "pam.credential.disable", sign(secretNew, "e1", now, body, "pam.session.drop"), body, "e1", CodeBadSignature},
 		{"one good of two signatures", "pam.credential.disable", twoSigs, body, "e1", ""},
 		{"subject not signed", "pam.session.drop", nil, body, "e1", ""},
 		{"unsigned", "pam.credential.disable", nil, body, "e1", CodeUnsigned},
@@ -60,6 +67,54 @@ func TestSignatures(t *testing.T) {
 	} {
 		if got := check(tc.subject, tc.headers, tc.body, tc.id); got != tc.want {
 			t.Errorf("%s: %q, want %q", tc.name, got, tc.want)
+		}
+	}
+}
+
+// TestSigningVectors pins the signing string and the signatures of both schemes, so a
+// publisher in another language can check its implementation against the README's example.
+func TestSigningVectors(t *testing.T) {
+	t.Parallel()
+	const (
+		secret  = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+		id      = "msg_p5jXN8AQM9LWM0D4loKWxJek"
+		subject = "pam.credential.disable"
+		body    = `{"credential_id":94}`
+	)
+	at := time.Unix(1614265330, 0)
+	if got := string(SigningString(id, "1614265330", subject, []byte(body))); got != id+".1614265330."+subject+"."+body {
+		t.Fatalf("signing string %q", got)
+	}
+	h, err := Sign(secret, subject, id, at, []byte(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const wantHMAC = "v1,XVAq3v6dvEh/ImK8xYLZ8y/B7Aya5NuD2cGuISZWqk4=" // computed with Python hmac, independently
+	if h[HeaderSignature] != wantHMAC || h[HeaderID] != id || h[HeaderTimestamp] != "1614265330" {
+		t.Errorf("HMAC vector: %v", h)
+	}
+	seed := make([]byte, ed25519.SeedSize)
+	for i := range seed {
+		seed[i] = byte(i)
+	}
+	priv := ed25519.NewKeyFromSeed(seed)
+	h, err = Sign("whsk_"+base64.StdEncoding.EncodeToString(priv), subject, id, at, []byte(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const wantEd = "v1a,0DYP74GQXeUCZm7dyFB3FNJxD+42lKUOv4UTUPveerFH3pNntKXrHpFk62++uiPBpXumx5OH3/TjyqBWhAl+AQ==" // Python cryptography
+	if h[HeaderSignature] != wantEd {
+		t.Errorf("ed25519 vector: %v", h)
+	}
+	v, err := NewVerifier(Signing{Subjects: []string{">"}, Keys: []string{secret, "whpk_" + base64.StdEncoding.EncodeToString(priv.Public().(ed25519.PublicKey))}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v.now = func() time.Time { return at }
+	for _, sig := range []string{wantHMAC, wantEd} {
+		hdr := map[string]string{HeaderID: id, HeaderTimestamp: "1614265330", HeaderSignature: sig}
+		if rej := v.Check(subject, func(k string) string { return hdr[k] }, []byte(body), id); rej != nil {
+			t.Errorf("%s: %v", sig, rej)
 		}
 	}
 }

@@ -57,8 +57,9 @@ func NewHTTPClient(o ClientOptions) *http.Client {
 // Call names the API call a request belongs to, carried in its context so the transport can
 // label what it observes without the vendor clients knowing about metrics.
 type Call struct {
-	Target string // TargetLabel, e.g. "segura/default"
-	Action string // the action subject, or "oauth_token" for a token request
+	Target  string        // TargetLabel, e.g. "segura/default"
+	Action  string        // the action subject, or "oauth_token" for a token request
+	Timeout time.Duration // bound of each request, from when it may go (see Pacer); 0: none
 }
 
 type callKey struct{}

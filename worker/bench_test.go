@@ -60,7 +60,7 @@ func BenchmarkPipeline(b *testing.B) {
 	if err := segura.Register(reg, handlers.Targets[*segura.Client]{"default": c}); err != nil {
 		b.Fatal(err)
 	}
-	w, err := worker.New(nc, reg, m, log, func() string { return ulid.Make().String() }, worker.Config{Concurrency: 32, TargetRate: 100000, Targets: []string{"segura/default"}})
+	w, err := worker.New(nc, reg, m, log, func() string { return ulid.Make().String() }, worker.Config{Concurrency: 32, Targets: []string{"segura/default"}})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -2,6 +2,8 @@ package worker
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -33,18 +35,26 @@ const (
 	cancelIt
 )
 
-// blast applies the blast-radius limit of ev's action, counted per target and requested_by in
-// a sliding window kept in the ledger bucket, so every replica counts against the same window.
-// It returns how long a held event should wait.
+// stamp is one event counted in a window: when it ran and a short hash of its requester.
+type stamp struct {
+	At  int64  `json:"t"`
+	Who string `json:"r,omitempty"`
+}
+
+// blast applies the blast-radius limit of ev's action: a sliding window per action and target,
+// kept in the ledger bucket so every replica counts against the same window, capped as a whole
+// and, if the limit says so, per requester. It returns how long a held event should wait.
 func (w *Worker) blast(ctx context.Context, ev events.Event, received time.Time) (holdDecision, time.Duration, error) {
 	lim, ok := w.cfg.Limits[ev.Action]
 	if !ok || ev.DryRun {
 		return runIt, 0, nil
 	}
 	key := keyOf("rate", guard.CounterKey(ev))
+	sum := sha256.Sum256([]byte(guard.Requester(ev)))
+	who := hex.EncodeToString(sum[:6])
 	for range 20 { // compare-and-set against other replicas
 		now := time.Now()
-		var stamps []int64
+		var stamps []stamp
 		var rev uint64
 		e, err := w.ledger.kv.Get(ctx, key)
 		switch {
@@ -56,12 +66,23 @@ func (w *Worker) blast(ctx context.Context, ev events.Event, received time.Time)
 			_ = json.Unmarshal(e.Value(), &stamps)
 		}
 		kept := stamps[:0]
+		var mine []stamp
 		for _, s := range stamps {
-			if now.Sub(time.Unix(0, s)) < lim.Window {
+			if now.Sub(time.Unix(0, s.At)) < lim.Window {
 				kept = append(kept, s)
+				if s.Who == who {
+					mine = append(mine, s)
+				}
 			}
 		}
-		if len(kept) >= lim.Max {
+		var full []stamp // the window that has no room left, if one has none
+		switch {
+		case len(kept) >= lim.Max:
+			full = kept
+		case lim.PerRequester > 0 && len(mine) >= lim.PerRequester:
+			full = mine
+		}
+		if full != nil {
 			switch w.operatorSays(ctx, received) {
 			case cancelIt:
 				return cancelIt, 0, nil
@@ -70,9 +91,9 @@ func (w *Worker) blast(ctx context.Context, ev events.Event, received time.Time)
 			}
 			// Come back when the window frees a slot, but at least every few seconds, so an
 			// operator's release or cancel takes effect promptly.
-			return holdIt, min(max(time.Unix(0, kept[0]).Add(lim.Window).Sub(now), 200*time.Millisecond), maxHold), nil
+			return holdIt, min(max(time.Unix(0, full[0].At).Add(lim.Window).Sub(now), 200*time.Millisecond), maxHold), nil
 		}
-		kept = append(kept, now.UnixNano())
+		kept = append(kept, stamp{At: now.UnixNano(), Who: who})
 		data, _ := json.Marshal(kept)
 		if rev == 0 {
 			_, err = w.ledger.kv.Create(ctx, key, data)

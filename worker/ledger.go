@@ -10,8 +10,6 @@ import (
 	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/pamworker/pamworker/events"
 )
 
 // ledger remembers, in a JetStream key-value bucket with a TTL, the result of every finished
@@ -32,21 +30,36 @@ func keyOf(kind, eventID string) string {
 	return kind + "." + hex.EncodeToString(sum[:20])
 }
 
-// result returns the recorded result of eventID, if any. An error means the ledger could not be
-// read: the caller must not act, since it cannot know whether the event already ran.
-func (l *ledger) result(ctx context.Context, eventID string) (*events.Result, []byte, error) {
+// record is what the ledger keeps of a finished event: its result and the digest of the event
+// it answered (events.Event.Digest), so that a later event with the same id is answered from
+// it only if it is the same event.
+type record struct {
+	Digest string          `json:"digest"`
+	Result json.RawMessage `json:"result"`
+}
+
+// result returns the recorded result of eventID (its raw JSON and the digest it was recorded
+// with), or nil if there is none. An error means the ledger could not be read: the caller must
+// not act, since it cannot know whether the event already ran.
+func (l *ledger) result(ctx context.Context, eventID string) (*record, error) {
 	e, err := l.kv.Get(ctx, keyOf("done", eventID))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil, nil, nil
+		return nil, nil
 	}
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	var r events.Result
-	if err := json.Unmarshal(e.Value(), &r); err != nil {
-		return nil, nil, nil // an unreadable record is no record; the event runs again
+	var r record
+	if err := json.Unmarshal(e.Value(), &r); err != nil || len(r.Result) == 0 {
+		return nil, nil // an unreadable record is no record; the event runs again
 	}
-	return &r, e.Value(), nil
+	return &r, nil
+}
+
+// encodeRecord is the ledger value recording result for an event of digest.
+func encodeRecord(digest string, result []byte) []byte {
+	b, _ := json.Marshal(record{Digest: digest, Result: result})
+	return b
 }
 
 // recordSubject is the subject a result is published to for it to be stored under eventID. A
@@ -73,15 +86,47 @@ func (l *ledger) spend(ctx context.Context, eventID string) (int, error) {
 	return n, nil
 }
 
-// RecordedResult returns the result recorded for eventID in the ledger bucket, or nil if there
-// is none. pamworker send uses it to answer an event the stream dropped as a duplicate.
-func RecordedResult(ctx context.Context, js jetstream.JetStream, bucket, eventID string) ([]byte, error) {
+// RecordedResult returns the result recorded for eventID in the ledger bucket and the digest of
+// the event it answered, or nil if there is none. pamworker send uses it to answer an event the
+// stream dropped as a duplicate, and to tell whether that earlier event was the same one.
+func RecordedResult(ctx context.Context, js jetstream.JetStream, bucket, eventID string) (raw []byte, digest string, err error) {
 	kv, err := js.KeyValue(ctx, bucket)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	_, raw, err := newLedger(kv).result(ctx, eventID)
-	return raw, err
+	r, err := newLedger(kv).result(ctx, eventID)
+	if err != nil || r == nil {
+		return nil, "", err
+	}
+	return r.Result, r.Digest, nil
+}
+
+// Replays are marked in the ledger by the operator who sends them (pamworker failed replay),
+// under the new event id: the Pamworker-Replay-Of header alone is a claim any publisher can
+// make, and the result's details.replay_of says only what the mark confirms.
+func replayKey(eventID string) string { return keyOf("replay", eventID) }
+
+// MarkReplay records that eventID is a replay of original. It is written before the replay
+// is published, with the operator's identity; the worker's own may not write these keys.
+func MarkReplay(ctx context.Context, js jetstream.JetStream, bucket, eventID, original string) error {
+	kv, err := js.KeyValue(ctx, bucket)
+	if err != nil {
+		return err
+	}
+	_, err = kv.Put(ctx, replayKey(eventID), []byte(original))
+	return err
+}
+
+// replayOf returns the event eventID replays, if an operator marked it so.
+func (l *ledger) replayOf(ctx context.Context, eventID string) (string, error) {
+	e, err := l.kv.Get(ctx, replayKey(eventID))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	return string(e.Value()), nil
 }
 
 // Delivery marks, kept by stream sequence, tell a redelivery how the previous one ended. A

@@ -27,6 +27,7 @@ type Metrics struct {
 	protected  *prometheus.CounterVec
 	paused     prometheus.Gauge
 	held       *prometheus.CounterVec
+	stalled    prometheus.Gauge
 }
 
 // NewMetrics creates the metrics and registers them with reg.
@@ -78,7 +79,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Name: "pamworker_held_total",
 		Help: "Times an event was held back by a blast-radius limit (it waits in the stream).",
 	}, []string{"action"})
-	reg.MustRegister(m.processed, m.requests, m.duration, m.retries, m.inFlight, m.targetUp, m.duplicates, m.redeliver, m.protected, m.paused, m.held)
+	m.stalled = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "pamworker_stalled",
+		Help: "1 while the worker makes no progress: no event decided for the stall timeout while events wait or its own publishes fail.",
+	})
+	reg.MustRegister(m.processed, m.requests, m.duration, m.retries, m.inFlight, m.targetUp, m.duplicates, m.redeliver, m.protected, m.paused, m.held, m.stalled)
 	return m
 }
 

@@ -98,10 +98,7 @@ func (w *Worker) park(ctx context.Context, msg jetstream.Msg, ev events.Event, l
 		id := strconv.FormatUint(md.Sequence.Stream, 10)
 		key := parkKey(ev)
 		if lane, err = w.markParked(ctx, key, lane, id); err == nil {
-			h := nats.Header{}
-			for k, v := range msg.Headers() {
-				h[k] = v
-			}
+			h := copyHeaders(msg.Headers(), hdrSubject, hdrMsgID, hdrReceived)
 			h.Set(jetstream.MsgIDHeader, "park:"+id)
 			h.Set(hdrParkKey, key)
 			h.Set(hdrParkID, id)

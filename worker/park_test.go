@@ -12,14 +12,14 @@ import (
 	"github.com/pamworker/pamworker/worker"
 )
 
-// TestHeldEventsBlockNoOneElse: a runaway playbook's disables are held by their limit. While
-// they wait, another requester's events on the same target run at once, whatever lane they
+// TestHeldEventsBlockNoOneElse: a runaway playbook's disables are held by their limit per
+// requester. While they wait, another requester's events on the same target run at once, whatever lane they
 // share with a held one; an event about a held object waits behind it and runs after it; and
 // once released, everything runs in order with one result each and no park mark left.
 func TestHeldEventsBlockNoOneElse(t *testing.T) {
 	t.Parallel()
 	c := fastConfig()
-	c.Limits = guard.Limits{events.CredentialDisable: {Max: 3, Window: time.Hour}}
+	c.Limits = guard.Limits{events.CredentialDisable: {Max: 100, Window: time.Hour, PerRequester: 3}}
 	b := setup(t, options{cfg: c})
 	b.startReplica(t, c, b.seguraURL)
 

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/pamworker/pamworker/events"
+	"github.com/pamworker/pamworker/guard"
 	"github.com/pamworker/pamworker/handlers"
 )
 
@@ -67,18 +68,19 @@ func objectKey(ev events.Event) string {
 
 // laneOf decides the lane subject of a raw event. Events that cannot be decoded or name a
 // target that is not configured need no order: they go to the invalid lane to be rejected.
-func (w *Worker) laneOf(msg jetstream.Msg) string {
-	ev, err := events.Decode(msg.Subject(), msg.Data(), msg.Headers().Get(jetstream.MsgIDHeader), w.cfg.MaxEventBytes, func() string { return "" })
+// It also returns the event as far as it could be decoded, and the decoding error.
+func (w *Worker) laneOf(msg jetstream.Msg) (string, events.Event, error) {
+	ev, err := events.Decode(msg.Subject(), msg.Data(), msg.Headers().Get(jetstream.MsgIDHeader), w.cfg.MaxEventBytes, w.newID)
 	if err != nil {
-		return laneSubject(invalidLane, 0)
+		return laneSubject(invalidLane, 0), ev, err
 	}
 	target := handlers.TargetLabel(ev.Action, ev.Target)
 	if !w.lanes[target] {
-		return laneSubject(invalidLane, 0)
+		return laneSubject(invalidLane, 0), ev, nil
 	}
 	h := fnv.New32a()
 	h.Write([]byte(objectKey(ev)))
-	return laneSubject(target, int(h.Sum32()%partitions))
+	return laneSubject(target, int(h.Sum32()%partitions)), ev, nil
 }
 
 // route runs this replica's router until ctx ends. Every replica runs one; the router's
@@ -111,7 +113,9 @@ func (w *Worker) route(ctx context.Context) {
 // routeFrom copies each event to its lane and acknowledges it once the copy is stored. A router
 // that stalls after the copy and before the ack, or wakes up after another replica has taken
 // the event over, adds nothing: the copy's message id (route:<source sequence>) makes the work
-// stream drop it as a duplicate.
+// stream drop it as a duplicate. An event that cannot be copied for a reason no retry can
+// fix — too large to be worth copying, or refused by the work stream — is answered here with
+// a rejection naming it, so it stops no event behind it.
 func (w *Worker) routeFrom(ctx context.Context, iter jetstream.MessagesContext) error {
 	for {
 		msg, err := iter.Next()
@@ -121,36 +125,105 @@ func (w *Worker) routeFrom(ctx context.Context, iter jetstream.MessagesContext) 
 		if err != nil {
 			return err
 		}
-		out, err := routedCopy(msg, w.laneOf(msg))
-		if err == nil {
-			pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			_, err = w.js.PublishMsg(pctx, out)
-			cancel()
+		lane, ev, decodeErr := w.laneOf(msg)
+		var rej *events.Rejection
+		if errors.As(decodeErr, &rej) && rej.Code == events.CodeEventTooLarge {
+			err = w.routerAnswer(ctx, msg, ev, rej)
+		} else {
+			err = w.routeTo(ctx, msg, lane)
+			if err != nil && permanent(err) {
+				w.log.Error("event cannot be routed; rejected", "event_id", ev.ID, "action", ev.Action, "error", err)
+				err = w.routerAnswer(ctx, msg, ev, &events.Rejection{Code: CodeUnroutable,
+					Message: "the event could not be queued for processing: " + err.Error()})
+			}
 		}
 		if err != nil {
+			w.progress.failed()
 			_ = msg.Nak()
 			return fmt.Errorf("routing: %w", err)
 		}
 		if err := msg.Ack(); err != nil {
 			return fmt.Errorf("routing ack: %w", err)
 		}
+		w.progress.made()
 	}
 }
 
-// routedCopy is the lane message of a source event: the same body and headers, with the
-// original subject, message id and arrival time kept in headers, and a message id derived
-// from the source message so a router that re-routes after a crash adds nothing.
+// CodeUnroutable rejects an event the worker could not queue for processing, for a reason
+// that retrying cannot fix.
+const CodeUnroutable = "unroutable_event"
+
+// routeTo stores the lane copy of msg.
+func (w *Worker) routeTo(ctx context.Context, msg jetstream.Msg, lane string) error {
+	out, err := routedCopy(msg, lane)
+	if err != nil {
+		return err
+	}
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	_, err = w.js.PublishMsg(pctx, out)
+	return err
+}
+
+// routerAnswer publishes the (unrecorded) rejection of an event the router does not route.
+func (w *Worker) routerAnswer(ctx context.Context, msg jetstream.Msg, ev events.Event, rej *events.Rejection) error {
+	res := rejected(ev, rej)
+	res.FinishedAt = events.Timestamp(time.Now())
+	data, _ := res.Marshal()
+	out := resultMsg{ev: ev, data: data, msgID: events.ResultMsgID(ev.ID)}
+	if md, err := msg.Metadata(); err == nil {
+		out.msgID = unrecordedMsgID(md.Sequence.Stream, ev.ID)
+	}
+	if err := w.publishResult(ctx, out); err != nil {
+		return err
+	}
+	w.m.processed.WithLabelValues(actionLabel(ev.Action), string(res.Status)).Inc()
+	w.log.Warn("event finished", "event_id", ev.ID, "action", ev.Action, "status", res.Status, "error_code", rej.Code, "message", rej.Message)
+	return nil
+}
+
+// permanent reports whether a failed publish would fail again however often it is retried:
+// JetStream refused the message (an API error), or the client could not even send it.
+// Timeouts, a missing responder and a lost connection pass.
+func permanent(err error) bool {
+	var api *jetstream.APIError
+	switch {
+	case errors.As(err, &api):
+		return api.Code != 503 && api.Code != 0
+	case errors.Is(err, nats.ErrMaxPayload), errors.Is(err, nats.ErrBadSubject), errors.Is(err, nats.ErrBadHeaderMsg):
+		return true
+	}
+	return false
+}
+
+// forwarded are the headers of an event that travel with it through the worker's own
+// publishes: the signature (checked on the lane), the replay claim (checked against the
+// ledger) and the trace context. Nothing else an event carries reaches an internal publish:
+// a Nats-Expected-Stream, Nats-Rollup, Nats-TTL or any other header that JetStream acts on
+// would otherwise act on the worker's copy, not on the publisher's message.
+var forwarded = []string{guard.HeaderID, guard.HeaderTimestamp, guard.HeaderSignature, ReplayOfHeader, "traceparent", "tracestate"}
+
+// copyHeaders returns the forwarded headers of h, and the worker's own named in own.
+func copyHeaders(h nats.Header, own ...string) nats.Header {
+	out := nats.Header{}
+	for _, k := range append(own, forwarded...) {
+		if v, ok := h[k]; ok {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+// routedCopy is the lane message of a source event: the same body and the forwarded headers,
+// with the original subject, message id and arrival time kept in the worker's own headers,
+// and a message id derived from the source message so a router that re-routes after a crash
+// adds nothing.
 func routedCopy(src jetstream.Msg, lane string) (*nats.Msg, error) {
 	md, err := src.Metadata()
 	if err != nil {
 		return nil, err
 	}
-	h := nats.Header{}
-	for k, v := range src.Headers() {
-		if k != jetstream.MsgIDHeader {
-			h[k] = v
-		}
-	}
+	h := copyHeaders(src.Headers())
 	h.Set(hdrSubject, src.Subject())
 	h.Set(hdrMsgID, src.Headers().Get(jetstream.MsgIDHeader))
 	h.Set(hdrReceived, md.Timestamp.UTC().Format(time.RFC3339Nano))

@@ -1,6 +1,7 @@
 package worker_test
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -53,6 +54,7 @@ type bundle struct {
 
 type options struct {
 	cfg       worker.Config
+	rate      float64 // API requests per second per target (default 50, as the worker's)
 	noElement bool
 	noSegura  bool
 }
@@ -104,7 +106,7 @@ func setup(t *testing.T, o options) *bundle {
 
 	b.reg = prometheus.NewRegistry()
 	m := worker.NewMetrics(b.reg)
-	hc := handlers.NewHTTPClient(handlers.ClientOptions{Timeout: 10 * time.Second, Wrap: m.InstrumentTransport})
+	hc := pacedClient(m, cmp.Or(o.rate, 50))
 	reg := handlers.NewRegistry()
 	var targets []string
 	st, et := handlers.Targets[*segura.Client]{}, handlers.Targets[*element.Client]{}
@@ -178,6 +180,14 @@ func setup(t *testing.T, o options) *bundle {
 	return b
 }
 
+// pacedClient is the vendor client the worker's wiring builds: rate-limited per target where
+// requests leave, each request bounded by the attempt timeout, every attempt counted.
+func pacedClient(m *worker.Metrics, perSecond float64) *http.Client {
+	pacer := handlers.NewPacer(perSecond)
+	return handlers.NewHTTPClient(handlers.ClientOptions{Timeout: 10 * time.Second,
+		Wrap: func(rt http.RoundTripper) http.RoundTripper { return pacer.Wrap(m.InstrumentTransport(rt)) }})
+}
+
 // startReplica starts a second worker on the same NATS server and vendor simulators, as
 // another replica of the deployment would be.
 func (b *bundle) startReplica(t *testing.T, cfg worker.Config, seguraURL string) {
@@ -189,7 +199,7 @@ func (b *bundle) startReplica(t *testing.T, cfg worker.Config, seguraURL string)
 	}
 	t.Cleanup(nc.Close)
 	m := worker.NewMetrics(prometheus.NewRegistry())
-	hc := handlers.NewHTTPClient(handlers.ClientOptions{Timeout: 10 * time.Second, Wrap: m.InstrumentTransport})
+	hc := pacedClient(m, 10000)
 	c, err := segura.New(segura.Config{BaseURL: seguraURL, ClientID: "pamworker", ClientSecret: handlers.NewSecret("s3cret-canary"), HTTPClient: hc})
 	if err != nil {
 		t.Fatal(err)

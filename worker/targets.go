@@ -1,18 +1,16 @@
 package worker
 
 import (
-	"context"
 	"fmt"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/time/rate"
 )
 
-// targetState protects each configured target and reports on it. Per target it keeps:
+// targetState protects each configured target and reports on it. (Its rate limit is applied
+// where requests leave, by handlers.Pacer.) Per target it keeps:
 //
-//   - a rate limit on API attempts (PAMWORKER_TARGET_RATE), a hard ceiling whatever happens;
 //   - a circuit breaker: after breakerThreshold consecutive failed attempts the target is
 //     "open" — no event calls it, they wait in the stream — until a cool-down has passed, then
 //     one event at a time probes it; each failed probe doubles the cool-down up to breakerMax;
@@ -31,7 +29,6 @@ type targetState struct {
 }
 
 type guardConfig struct {
-	rate       float64       // attempts per second per target
 	threshold  int           // consecutive failed attempts that open the breaker
 	cooldown   time.Duration // first open period
 	maxCool    time.Duration // longest open period
@@ -48,7 +45,6 @@ const (
 )
 
 type target struct {
-	limiter  *rate.Limiter
 	state    downKind
 	probing  bool
 	reason   string
@@ -61,7 +57,7 @@ type target struct {
 func newTargetState(gauge *prometheus.GaugeVec, names []string, cfg guardConfig) *targetState {
 	ts := &targetState{gauge: gauge, now: time.Now, cfg: cfg, m: map[string]*target{}}
 	for _, n := range names {
-		ts.m[n] = &target{limiter: rate.NewLimiter(rate.Limit(cfg.rate), max(1, int(cfg.rate)))}
+		ts.m[n] = &target{}
 		gauge.WithLabelValues(n).Set(1)
 	}
 	return ts
@@ -97,17 +93,6 @@ func (ts *targetState) waitFor(t *target) time.Duration {
 		return max(t.until.Sub(ts.now()), time.Second)
 	}
 	return ts.cfg.downRetry
-}
-
-// wait blocks until the target's rate limit allows one more attempt.
-func (ts *targetState) wait(ctx context.Context, name string) error {
-	ts.mu.Lock()
-	t := ts.get(name)
-	ts.mu.Unlock()
-	if t == nil {
-		return nil
-	}
-	return t.limiter.Wait(ctx)
 }
 
 // attempted records one attempt's outcome for the breaker: failed (retryable) or not. It

@@ -21,7 +21,7 @@ type Topology struct {
 	Bucket        string        // key-value bucket of the ledger
 	Replicas      int           // for the streams and bucket the worker creates
 	MaxAge        time.Duration // how long events and results are kept
-	DedupWindow   time.Duration // streams' duplicate window (Nats-Msg-Id); see Worker.Run
+	DedupWindow   time.Duration // streams' duplicate window (Nats-Msg-Id)
 	LedgerTTL     time.Duration // how long a finished event id is remembered
 }
 
@@ -37,9 +37,9 @@ func DefaultTopology() Topology {
 		Bucket:        "pamworker_ledger",
 		Replicas:      1,
 		MaxAge:        7 * 24 * time.Hour,
-		// The duplicate window equals the ledger TTL: then the stream itself drops a repeated
-		// event id (sent with Nats-Msg-Id) for as long as the ledger would answer it, and first
-		// deliveries need no ledger read. The server keeps about 100 bytes per id in the window.
+		// The duplicate window equals the ledger TTL: then the stream itself drops a publisher's
+		// retry (sent with Nats-Msg-Id) for as long as the ledger would answer it. The server
+		// keeps about 100 bytes per id in the window.
 		DedupWindow: 24 * time.Hour,
 		LedgerTTL:   24 * time.Hour,
 	}
@@ -122,15 +122,8 @@ func weaknesses(ctx context.Context, js jetstream.JetStream, names ...string) []
 	return out
 }
 
-// inForce are the settings of what setup found or created, which may differ from Topology
-// when the streams or bucket already existed.
-type inForce struct {
-	dedupWindow time.Duration // of the events stream
-	ledgerTTL   time.Duration
-}
-
 // setup creates the streams and the ledger bucket.
-func setup(ctx context.Context, js jetstream.JetStream, t Topology) (jetstream.KeyValue, inForce, error) {
+func setup(ctx context.Context, js jetstream.JetStream, t Topology) (jetstream.KeyValue, error) {
 	base := jetstream.StreamConfig{
 		Retention:  jetstream.LimitsPolicy,
 		Storage:    jetstream.FileStorage,
@@ -149,12 +142,8 @@ func setup(ctx context.Context, js jetstream.JetStream, t Topology) (jetstream.K
 	work.MaxAge, work.Duplicates = 24*time.Hour, 10*time.Minute
 	for _, cfg := range []jetstream.StreamConfig{evs, res, fld, work} {
 		if err := ensureStream(ctx, js, cfg); err != nil {
-			return nil, inForce{}, err
+			return nil, err
 		}
-	}
-	var in inForce
-	if s, err := js.Stream(ctx, t.EventsStream); err == nil {
-		in.dedupWindow = s.CachedInfo().Config.Duplicates
 	}
 	kv, err := js.KeyValue(ctx, t.Bucket)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
@@ -168,12 +157,9 @@ func setup(ctx context.Context, js jetstream.JetStream, t Topology) (jetstream.K
 		})
 	}
 	if err != nil {
-		return nil, inForce{}, fmt.Errorf("ledger bucket %s: %w", t.Bucket, err)
+		return nil, fmt.Errorf("ledger bucket %s: %w", t.Bucket, err)
 	}
-	if st, err := kv.Status(ctx); err == nil {
-		in.ledgerTTL = st.TTL()
-	}
-	return kv, in, nil
+	return kv, nil
 }
 
 // RouterConsumer is the name of the router's consumer on the events stream.

@@ -7,9 +7,11 @@ package worker
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,8 +38,8 @@ type Config struct {
 	TargetDownDelay  time.Duration   // nak delay while a target refuses the worker (default 15s)
 	AckWait          time.Duration   // consumer ack wait; InProgress is sent every third (default 30s)
 	ShutdownTimeout  time.Duration   // grace for in-flight events on shutdown (default 20s)
+	StallTimeout     time.Duration   // no decision for this long while events wait: not ready (default 2m)
 	MaxEventAge      time.Duration   // older events are rejected stale_event (default 1h; <0: never)
-	TargetRate       float64         // API attempts per second per target (default 50)
 	BreakerThreshold int             // consecutive failed attempts that open a target's breaker (default 5; <0: no breaker)
 	BreakerCooldown  time.Duration   // first open period; doubles per failed probe (default 5s)
 	BreakerMaxCool   time.Duration   // longest open period (default 2m)
@@ -60,8 +62,8 @@ func (c Config) withDefaults() Config {
 	c.TargetDownDelay = cmp.Or(c.TargetDownDelay, 15*time.Second)
 	c.AckWait = cmp.Or(c.AckWait, 30*time.Second)
 	c.ShutdownTimeout = cmp.Or(c.ShutdownTimeout, 20*time.Second)
+	c.StallTimeout = cmp.Or(c.StallTimeout, 2*time.Minute)
 	c.MaxEventAge = cmp.Or(c.MaxEventAge, time.Hour)
-	c.TargetRate = cmp.Or(c.TargetRate, 50)
 	c.BreakerThreshold = cmp.Or(c.BreakerThreshold, 5)
 	c.BreakerCooldown = cmp.Or(c.BreakerCooldown, 5*time.Second)
 	c.BreakerMaxCool = cmp.Or(c.BreakerMaxCool, 2*time.Minute)
@@ -86,11 +88,9 @@ type Worker struct {
 	ledger    *ledger
 	consuming atomic.Bool
 	paused    atomic.Pointer[time.Time] // until when an operator paused consumption; nil if not
-	// firstFromStream: the events stream's duplicate window covers the ledger's TTL, so a
-	// first delivery whose Nats-Msg-Id is its event id cannot have an earlier twin (the stream
-	// would have dropped it) and needs no ledger read.
-	firstFromStream bool
-	lanes           map[string]bool // configured target labels, each with its lanes
+	progress  *progress
+	stalled   atomic.Pointer[string] // why the worker counts as stalled; nil if it does not
+	lanes     map[string]bool        // configured target labels, each with its lanes
 }
 
 // New returns a Worker that will consume through nc and dispatch through reg.
@@ -108,16 +108,16 @@ func New(nc *nats.Conn, reg *handlers.Registry, m *Metrics, log *slog.Logger, ne
 		m:   m,
 		log: log,
 		targets: newTargetState(m.targetUp, cfg.Targets, guardConfig{
-			rate:       cfg.TargetRate,
 			threshold:  max(cfg.BreakerThreshold, 1),
 			cooldown:   cfg.BreakerCooldown,
 			maxCool:    cfg.BreakerMaxCool,
 			downRetry:  cfg.TargetDownDelay,
 			breakerOff: cfg.BreakerThreshold < 0,
 		}),
-		newID:   newID,
-		recover: recoverHandler(log),
-		lanes:   map[string]bool{},
+		newID:    newID,
+		recover:  recoverHandler(log),
+		progress: newProgress(),
+		lanes:    map[string]bool{},
 	}
 	for _, t := range cfg.Targets {
 		w.lanes[t] = true
@@ -144,7 +144,7 @@ var errCircuitOpen = errors.New("the target's circuit is open")
 // fetching, lets in-flight events finish for up to ShutdownTimeout, naks what is left, and
 // returns nil.
 func (w *Worker) Run(ctx context.Context) error {
-	kv, in, err := setup(ctx, w.js, w.cfg.Topology)
+	kv, err := setup(ctx, w.js, w.cfg.Topology)
 	if err != nil {
 		return err
 	}
@@ -152,14 +152,6 @@ func (w *Worker) Run(ctx context.Context) error {
 		w.log.Warn("weak JetStream setting for production", "warning", weak)
 	}
 	w.ledger = newLedger(kv)
-	w.firstFromStream = in.ledgerTTL > 0 && in.dedupWindow >= in.ledgerTTL
-	if w.firstFromStream {
-		w.log.Info("ledger read for redeliveries and for events whose Nats-Msg-Id is not their event id; the stream drops other repeats",
-			"duplicate_window", in.dedupWindow.String(), "ledger_ttl", in.ledgerTTL.String())
-	} else {
-		w.log.Info("ledger read for every event: the stream's duplicate window is shorter than the ledger TTL",
-			"duplicate_window", in.dedupWindow.String(), "ledger_ttl", in.ledgerTTL.String())
-	}
 	// Create every consumer before reporting ready, so a test or an operator that sees /readyz
 	// sees a worker that can take events.
 	router, err := ensureRouter(ctx, w.js, w.cfg.Topology, w.cfg.AckWait)
@@ -190,7 +182,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() { defer wg.Done(); w.consumeLane(ctx, hard, lane, sem) }()
 	}
-	go w.watchPause(ctx, router)
+	go w.watch(ctx, router)
 	w.consuming.Store(true)
 	w.log.Info("consuming", "stream", w.cfg.Topology.EventsStream, "lanes", len(lanes), "concurrency", w.cfg.Concurrency)
 	<-ctx.Done()
@@ -287,13 +279,15 @@ func (w *Worker) drainLane(ctx, hard context.Context, iter jetstream.MessagesCon
 	}
 }
 
-// watchPause follows the consumer's pause state (pamworker pause / resume) for /readyz, the
-// pamworker_paused gauge and one log line per change. A paused consumer delivers nothing; its
-// events wait in the stream.
-func (w *Worker) watchPause(ctx context.Context, cons jetstream.Consumer) {
+// watch follows the router consumer's state every 2 s: its pause state (pamworker pause /
+// resume) for /readyz, the pamworker_paused gauge and one log line per change; and whether
+// events wait while nothing is decided, for the stall check. A paused consumer delivers
+// nothing; its events wait in the stream.
+func (w *Worker) watch(ctx context.Context, cons jetstream.Consumer) {
 	t := time.NewTicker(2 * time.Second)
 	defer t.Stop()
 	for {
+		waiting := false
 		if info, err := cons.Info(ctx); err == nil {
 			was := w.paused.Load() != nil
 			if info.Paused && info.Config.PauseUntil != nil {
@@ -308,13 +302,35 @@ func (w *Worker) watchPause(ctx context.Context, cons jetstream.Consumer) {
 				if was {
 					w.log.Info("consumption resumed")
 				}
+				waiting = info.NumPending > 0 || info.NumAckPending > 0
 			}
 		}
+		w.checkStall(waiting)
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
+	}
+}
+
+// checkStall updates the stalled state from the progress made.
+func (w *Worker) checkStall(waiting bool) {
+	stalled, since := w.progress.stalled(w.cfg.StallTimeout, waiting)
+	was := w.stalled.Load() != nil
+	if !stalled {
+		w.stalled.Store(nil)
+		w.m.stalled.Set(0)
+		if was {
+			w.log.Info("progress again: events are being decided")
+		}
+		return
+	}
+	why := fmt.Sprintf("stalled: no event decided for %s while events wait or internal publishes fail; see the log", since.Round(time.Second))
+	w.stalled.Store(&why)
+	w.m.stalled.Set(1)
+	if !was {
+		w.log.Error("worker is making no progress", "for", since.Round(time.Second).String(), "stall_timeout", w.cfg.StallTimeout.String())
 	}
 }
 
@@ -327,6 +343,9 @@ func (w *Worker) Ready() (bool, []string) {
 	}
 	if !w.consuming.Load() {
 		why = append(why, "not consuming")
+	}
+	if s := w.stalled.Load(); s != nil {
+		why = append(why, *s)
 	}
 	ready := len(why) == 0
 	if until := w.paused.Load(); until != nil {
@@ -354,12 +373,26 @@ func (w *Worker) process(soft, hard context.Context, msg jetstream.Msg) {
 	})
 	log := w.log.With("event_id", ev.ID, "action", ev.Action)
 
+	// Admission: is the event acceptable at all? These checks come first, on the bytes as they
+	// arrived, and an event they refuse is answered without being recorded: nothing it
+	// carries — its id least of all — may decide what happens to another event.
+	if rej := w.cfg.Signatures.Check(subject, msg.Headers().Get, msg.Data(), ev.ID); rej != nil {
+		log.Warn("event refused: signature", "code", rej.Code, "reason", rej.Message)
+		w.refuse(hard, msg, ev, rej, start, log)
+		return
+	}
+	var rej *events.Rejection
+	if errors.As(decodeErr, &rej) {
+		w.refuse(hard, msg, ev, rej, start, log)
+		return
+	}
+
 	// An earlier event about this object waits in a park lane: this one follows it there. This
 	// is checked whether or not limits are configured now (events parked under an earlier
 	// configuration, or by another replica, still come first), and before the ledger: the park
 	// lane records a parked event's result before it clears the mark, so an empty mark means a
 	// redelivered lane message will find that result.
-	if decodeErr == nil && !ev.DryRun && ordered(msg.Subject()) {
+	if !ev.DryRun && ordered(msg.Subject()) {
 		lane, err := w.parkedLane(hard, ev)
 		if err != nil {
 			log.Warn("ledger unavailable for the park check; event deferred", "error", err)
@@ -374,28 +407,24 @@ func (w *Worker) process(soft, hard context.Context, msg jetstream.Msg) {
 		}
 	}
 
-	if w.mayBeRepeat(msg, ev, msgID, generated) {
-		prior, raw, err := w.ledger.result(hard, ev.ID)
+	// A repeated id is answered from the record only if it is the same event; another event
+	// under a used id is refused, never answered as done. A generated id is new by construction.
+	if ev.ID != generated {
+		prior, err := w.ledger.result(hard, ev.ID)
 		if err != nil {
 			log.Warn("ledger unavailable; event deferred", "error", err)
 			w.postpone(msg, ev, "ledger", time.Second)
 			return
 		}
-		if prior != nil {
-			w.answerDuplicate(hard, msg, ev, raw, log)
+		if prior != nil && prior.Digest == ev.Digest() {
+			w.answerDuplicate(hard, msg, ev, prior.Result, log)
 			return
 		}
-	}
-	// A signature is checked on the bytes as they arrived, before anything in them is trusted.
-	if rej := w.cfg.Signatures.Check(subject, msg.Headers().Get, msg.Data(), ev.ID); rej != nil {
-		log.Warn("event refused: signature", "code", rej.Code, "reason", rej.Message)
-		w.finish(hard, msg, ev, rejected(ev, rej), start, log)
-		return
-	}
-	var rej *events.Rejection
-	if errors.As(decodeErr, &rej) {
-		w.finish(hard, msg, ev, rejected(ev, rej), start, log)
-		return
+		if prior != nil {
+			log.Warn("event refused: its id is already the id of another event", "code", events.CodeIDConflict)
+			w.refuse(hard, msg, ev, idConflict(ev, prior.Result), start, log)
+			return
+		}
 	}
 	if w.crashLoop(hard, msg, ev, start, log) {
 		return
@@ -556,22 +585,6 @@ func (w *Worker) stale(received time.Time, ev events.Event) *events.Rejection {
 	return nil
 }
 
-// mayBeRepeat reports whether ev's id could already have a result, which only the ledger can
-// tell: a redelivery, or an event whose id the stream's duplicate detection did not see.
-// A generated id is new by construction.
-func (w *Worker) mayBeRepeat(msg jetstream.Msg, ev events.Event, msgID, generated string) bool {
-	if ev.ID == generated {
-		return false
-	}
-	if !w.firstFromStream || msgID != ev.ID || isParkLane(msg.Subject()) {
-		// A park copy is a new message in the work stream whatever its history: a lane message
-		// parked twice (its ack lost for longer than the work stream's duplicate window) has two.
-		return true
-	}
-	md, err := msg.Metadata()
-	return err != nil || md.NumDelivered > 1
-}
-
 // attempt calls h, retrying retryable errors with exponential backoff and jitter until the
 // in-process budget is spent. It returns the last outcome, the number of attempts and the
 // last error.
@@ -582,15 +595,15 @@ func (w *Worker) attempt(soft, hard context.Context, h handlers.Handler, ev even
 	b.MaxElapsedTime = 0 // the budget is checked below, with Retry-After counted in
 	b.Reset()
 	start := time.Now()
-	callCtx := handlers.WithCall(hard, handlers.Call{Target: tgt, Action: ev.Action})
+	// The transport bounds each request by AttemptTimeout once the target's rate limit lets it
+	// go (handlers.Pacer): only calls that reach the vendor wait for its rate.
+	callCtx := handlers.WithCall(hard, handlers.Call{Target: tgt, Action: ev.Action, Timeout: w.cfg.AttemptTimeout})
 	lastErr := ""
 	for n := 1; ; n++ {
-		if err := w.targets.wait(soft, tgt); err != nil {
+		if soft.Err() != nil {
 			return handlers.Outcome{}, n - 1, errShutdown
 		}
-		actx, cancel := context.WithTimeout(callCtx, w.cfg.AttemptTimeout)
-		out, err := h.Handle(actx, ev)
-		cancel()
+		out, err := h.Handle(callCtx, ev)
 		var rej *events.Rejection
 		if err == nil || errors.As(err, &rej) || hard.Err() != nil {
 			if err == nil {
@@ -642,15 +655,42 @@ func rejected(ev events.Event, rej *events.Rejection) events.Result {
 	return res
 }
 
+// idConflict is the rejection of an event whose id an earlier, different event already has.
+func idConflict(ev events.Event, prior []byte) *events.Rejection {
+	var p events.Result
+	_ = json.Unmarshal(prior, &p)
+	return &events.Rejection{Code: events.CodeIDConflict, Message: fmt.Sprintf(
+		"event id %q is already the id of another event (%s on target %q, %s); this event was not run: give it an id of its own",
+		ev.ID, p.Action, p.Target, p.Status)}
+}
+
+// refuse answers an event that was not admitted — undecodable, unsigned, or reusing another
+// event's id — with a rejection that is published but not recorded: a later, acceptable event
+// with the same id must still be judged on its own. Its result's message id names the stream
+// message it answers, so it cannot take the place of that later event's result either.
+func (w *Worker) refuse(ctx context.Context, msg jetstream.Msg, ev events.Event, rej *events.Rejection, start time.Time, log *slog.Logger) {
+	w.answer(ctx, msg, ev, rejected(ev, rej), start, log, false)
+}
+
 // finish records res in the ledger, publishes it on results.<action> and the reply inbox, and
 // then acks (success) or terms (failure, rejection) the message. If the result cannot be
 // stored, the message is naked so that the event is answered later rather than never.
 func (w *Worker) finish(ctx context.Context, msg jetstream.Msg, ev events.Event, res events.Result, start time.Time, log *slog.Logger) {
+	w.answer(ctx, msg, ev, res, start, log, true)
+}
+
+// answer publishes res as the result of msg, recorded in the ledger or not, and settles msg.
+func (w *Worker) answer(ctx context.Context, msg jetstream.Msg, ev events.Event, res events.Result, start time.Time, log *slog.Logger, record bool) {
 	elapsed := time.Since(start)
 	res.DurationMS = float64(elapsed.Microseconds()) / 1000
 	res.FinishedAt = events.Timestamp(time.Now())
-	if of := msg.Headers().Get(ReplayOfHeader); of != "" {
-		res.Details["replay_of"] = of
+	if of := msg.Headers().Get(ReplayOfHeader); of != "" && record {
+		// Trusted only as far as the operator's mark in the ledger confirms it.
+		if marked, err := w.ledger.replayOf(ctx, ev.ID); err == nil && marked == of {
+			res.Details["replay_of"] = of
+		} else {
+			log.Warn("Pamworker-Replay-Of header not confirmed by a replay mark; ignored", "claimed_replay_of", of)
+		}
 	}
 	data, err := res.Marshal()
 	if err != nil { // details from a vendor that cannot be encoded: keep the verdict, drop them
@@ -661,7 +701,13 @@ func (w *Worker) finish(ctx context.Context, msg jetstream.Msg, ev events.Event,
 	if res.Status == events.Failed {
 		keep = append(keep, failedRecordMsg(msg, ev, data))
 	}
-	if err := w.publishResult(ctx, ev, data, keep...); err != nil {
+	out := resultMsg{ev: ev, data: data, msgID: events.ResultMsgID(ev.ID)}
+	if record {
+		out.record = encodeRecord(ev.Digest(), data)
+	} else if md, err := msg.Metadata(); err == nil {
+		out.msgID = unrecordedMsgID(md.Sequence.Stream, ev.ID)
+	}
+	if err := w.publishResult(ctx, out, keep...); err != nil {
 		log.Error("result could not be stored; event will be redelivered", "error", err)
 		w.postpone(msg, ev, "result_publish", time.Second)
 		return
@@ -676,6 +722,7 @@ func (w *Worker) finish(ctx context.Context, msg jetstream.Msg, ev events.Event,
 	} else {
 		_ = msg.TermWithReason(string(res.Status))
 	}
+	w.progress.made()
 	action := actionLabel(ev.Action)
 	w.m.processed.WithLabelValues(action, string(res.Status)).Inc()
 	w.m.duration.WithLabelValues(action).Observe(elapsed.Seconds())
@@ -695,23 +742,48 @@ func (w *Worker) finish(ctx context.Context, msg jetstream.Msg, ev events.Event,
 	}
 }
 
-// publishResult stores data as the record of ev.ID and publishes it as the result event, with
-// any extra messages (the failed-event record). The JetStream publishes are pipelined; all must
-// be acknowledged. The reply inbox, if any, is told last, once the result is durable.
-func (w *Worker) publishResult(ctx context.Context, ev events.Event, data []byte, extra ...*nats.Msg) error {
-	rec, err := w.js.PublishAsync(w.ledger.recordSubject(ev.ID), data)
-	if err != nil {
-		return fmt.Errorf("record: %w", err)
+// resultMsg is one result to publish: its JSON, the record to keep in the ledger (nil: none)
+// and the results stream's message id.
+type resultMsg struct {
+	ev     events.Event
+	data   []byte
+	record []byte
+	msgID  string
+}
+
+// DigestHeader carries, on every result, the digest of the event it answers (see
+// events.Event.Digest), so a client can tell its own event's result from another's.
+const DigestHeader = "Pamworker-Digest"
+
+// unrecordedMsgID is the results stream's message id of a result that is not recorded: it
+// names the stream message it answers, so it is kept once however often that message is
+// answered, and never stands in for the result of another message with the same event id.
+func unrecordedMsgID(seq uint64, eventID string) string {
+	return "result@" + strconv.FormatUint(seq, 10) + ":" + eventID
+}
+
+// publishResult stores r's record in the ledger, if it has one, and publishes the result
+// event, with any extra messages (the failed-event record). The JetStream publishes are
+// pipelined; all must be acknowledged. The reply inbox, if any, is told last, once the result
+// is durable. Only headers the worker owns are set.
+func (w *Worker) publishResult(ctx context.Context, r resultMsg, extra ...*nats.Msg) error {
+	var futures []jetstream.PubAckFuture
+	if r.record != nil {
+		rec, err := w.js.PublishAsync(w.ledger.recordSubject(r.ev.ID), r.record)
+		if err != nil {
+			return fmt.Errorf("record: %w", err)
+		}
+		futures = append(futures, rec)
 	}
 	pub, err := w.js.PublishMsgAsync(&nats.Msg{
-		Subject: events.ResultSubject(ev.Action),
-		Header:  nats.Header{jetstream.MsgIDHeader: []string{events.ResultMsgID(ev.ID)}},
-		Data:    data,
+		Subject: events.ResultSubject(r.ev.Action),
+		Header:  nats.Header{jetstream.MsgIDHeader: []string{r.msgID}, DigestHeader: []string{r.ev.Digest()}},
+		Data:    r.data,
 	})
 	if err != nil {
 		return fmt.Errorf("result: %w", err)
 	}
-	futures := []jetstream.PubAckFuture{rec, pub}
+	futures = append(futures, pub)
 	for _, m := range extra {
 		f, err := w.js.PublishMsgAsync(m)
 		if err != nil {
@@ -732,9 +804,10 @@ func (w *Worker) publishResult(ctx context.Context, ev events.Event, data []byte
 			return ctx.Err()
 		}
 	}
-	if ev.ReplyTo != "" {
-		if err := w.nc.Publish(ev.ReplyTo, data); err != nil {
-			w.log.Warn("publishing to reply_to", "event_id", ev.ID, "error", err)
+	if r.ev.ReplyTo != "" {
+		reply := &nats.Msg{Subject: r.ev.ReplyTo, Header: nats.Header{DigestHeader: []string{r.ev.Digest()}}, Data: r.data}
+		if err := w.nc.PublishMsg(reply); err != nil {
+			w.log.Warn("publishing to reply_to", "event_id", r.ev.ID, "error", err)
 		}
 	}
 	return nil
@@ -743,7 +816,7 @@ func (w *Worker) publishResult(ctx context.Context, ev events.Event, data []byte
 // answerDuplicate answers an event whose id already has a result with that result, calling
 // nothing. The republished result carries the same Nats-Msg-Id, so the results stream keeps one.
 func (w *Worker) answerDuplicate(ctx context.Context, msg jetstream.Msg, ev events.Event, raw []byte, log *slog.Logger) {
-	if err := w.publishResult(ctx, ev, raw); err != nil {
+	if err := w.publishResult(ctx, resultMsg{ev: ev, data: raw, msgID: events.ResultMsgID(ev.ID)}); err != nil {
 		log.Error("recorded result could not be republished; event will be redelivered", "error", err)
 		w.postpone(msg, ev, "result_publish", time.Second)
 		return
@@ -754,6 +827,7 @@ func (w *Worker) answerDuplicate(ctx context.Context, msg jetstream.Msg, ev even
 		return
 	}
 	_ = msg.Ack()
+	w.progress.made()
 	w.m.duplicates.WithLabelValues(actionLabel(ev.Action)).Inc()
 	log.Info("duplicate event answered from the ledger; vendor not called")
 }
@@ -776,6 +850,12 @@ func (w *Worker) postpone(msg jetstream.Msg, ev events.Event, reason string, del
 	}
 	if err != nil {
 		w.log.Warn("nak failed; JetStream will redeliver after AckWait", "event_id", ev.ID, "error", err)
+	}
+	switch reason {
+	case "ledger", "result_publish":
+		w.progress.failed() // the worker's own machinery failed; nothing was decided
+	default:
+		w.progress.made()
 	}
 	w.m.redeliver.WithLabelValues(actionLabel(ev.Action), reason).Inc()
 }

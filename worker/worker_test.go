@@ -533,12 +533,12 @@ func TestStaleEvents(t *testing.T) {
 func TestCircuitBreakerBoundsRequests(t *testing.T) {
 	t.Parallel()
 	c := fastConfig()
-	c.TargetRate = 60
+	const rate = 60
 	c.BreakerThreshold = 5
 	c.BreakerCooldown = 300 * time.Millisecond
 	c.BreakerMaxCool = time.Second
 	c.MaxDeliveries = 1000 // failure is not what this test is about
-	b := setup(t, options{cfg: c})
+	b := setup(t, options{cfg: c, rate: rate})
 	b.segura.FailNext(1_000_000, sandbox.Fault{Status: 503})
 
 	const n = 240
@@ -557,7 +557,7 @@ func TestCircuitBreakerBoundsRequests(t *testing.T) {
 	time.Sleep(3 * time.Second)
 	calls, elapsed := b.segura.Calls(), time.Since(start)
 	// An upper bound, which slowness can only make easier: the limiter's burst plus its rate.
-	if limit := int64(c.TargetRate) + int64(c.TargetRate*elapsed.Seconds()); calls > limit {
+	if limit := int64(rate) + int64(rate*elapsed.Seconds()); calls > limit {
 		t.Errorf("%d API calls in %v, above the rate limit's %d", calls, elapsed.Round(time.Millisecond), limit)
 	}
 	if calls > 60 {
@@ -728,14 +728,24 @@ func TestFailedEventKept(t *testing.T) {
 		t.Errorf("failed stream holds %d messages, want 1", info.State.Msgs)
 	}
 
-	replay := ulid.Make().String()
-	msg := &nats.Msg{Subject: events.CredentialDisable, Data: []byte(`{"event_id":"` + replay + `","credential_id":63}`),
-		Header: nats.Header{worker.ReplayOfHeader: []string{id}}}
-	if _, err := b.js.PublishMsg(t.Context(), msg); err != nil {
+	// A replay marked by an operator carries replay_of; a bare header is a claim anyone can
+	// make, and is ignored.
+	replay, forged := ulid.Make().String(), ulid.Make().String()
+	if err := worker.MarkReplay(t.Context(), b.js, worker.DefaultTopology().Bucket, replay, id); err != nil {
 		t.Fatal(err)
+	}
+	for _, e := range []string{replay, forged} {
+		msg := &nats.Msg{Subject: events.CredentialDisable, Data: []byte(`{"event_id":"` + e + `","credential_id":63}`),
+			Header: nats.Header{worker.ReplayOfHeader: []string{id}}}
+		if _, err := b.js.PublishMsg(t.Context(), msg); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if r := b.result(t, replay); r.Details["replay_of"] != id {
 		t.Errorf("replayed result details = %v, want replay_of %s", r.Details, id)
+	}
+	if r := b.result(t, forged); r.Details["replay_of"] != nil {
+		t.Errorf("an unmarked Pamworker-Replay-Of header reached the result: %v", r.Details)
 	}
 }
 
@@ -793,8 +803,7 @@ func TestPerObjectOrdering(t *testing.T) {
 	c := fastConfig()
 	c.BreakerThreshold = -1 // the injected 503s are about retries, not the breaker
 	c.MaxDeliveries = 100
-	c.TargetRate = 10000
-	b := setup(t, options{cfg: c})
+	b := setup(t, options{cfg: c, rate: 10000})
 	b.startReplica(t, c, b.seguraURL)
 	b.segura.SetLatency(3 * time.Millisecond)
 	b.segura.FailNext(60, sandbox.Fault{Status: 503})

@@ -60,11 +60,7 @@ func serve(ctx context.Context, cfg config.Config, withSandbox bool, log *slog.L
 			return fmt.Errorf("sandbox: %w", err)
 		}
 		defer env.Close()
-		cfg.Segura["default"] = config.Segura{URL: env.SeguraURL, ClientID: env.SeguraClientID,
-			ClientSecret: handlers.NewSecret(env.SeguraClientSecret)}
-		cfg.Element["default"] = config.Element{URL: env.ElementURL, Username: env.ElementUsername,
-			Password: handlers.NewSecret(env.ElementPassword)}
-		log.Info("sandbox: the default Segura and Element targets are in-process simulators")
+		simulate(&cfg, env, log)
 	}
 	for _, t := range cfg.Insecure() {
 		log.Warn("target is reached over plain http on a non-loopback host: its credentials cross the network unencrypted", "target", t)
@@ -87,7 +83,7 @@ func serve(ctx context.Context, cfg config.Config, withSandbox bool, log *slog.L
 		urls = ns.ClientURL()
 		log.Info("embedded NATS server with JetStream started", "url", urls, "data_dir", dir)
 	}
-	auth, err := natsOptions(cfg.NATSAuth, log)
+	auth, err := natsOptions(cfg, log)
 	if err != nil {
 		return err
 	}
@@ -132,9 +128,9 @@ func serve(ctx context.Context, cfg config.Config, withSandbox bool, log *slog.L
 		RetryMaxElapsed: cfg.RetryMaxElapsed,
 		AckWait:         cfg.AckWait,
 		ShutdownTimeout: cfg.ShutdownTimeout,
+		StallTimeout:    cfg.StallTimeout,
 		MaxEventAge:     cmp.Or(cfg.MaxEventAge, -1), // 0 in the settings: no limit
 		Protected:       prot,
-		TargetRate:      cfg.TargetRate,
 		Topology:        topology(cfg),
 		Targets:         targets,
 	})
@@ -164,9 +160,12 @@ func serve(ctx context.Context, cfg config.Config, withSandbox bool, log *slog.L
 	return runErr
 }
 
-// natsOptions turns the configured NATS identity and TLS into connection options.
-func natsOptions(a config.NATSAuth, log *slog.Logger) ([]nats.Option, error) {
-	var opts []nats.Option
+// natsOptions turns the configured NATS identity, inbox prefix and TLS into connection options.
+func natsOptions(cfg config.Config, log *slog.Logger) ([]nats.Option, error) {
+	a := cfg.NATSAuth
+	// Replies to this process (JetStream API answers, results on reply_to) arrive under its
+	// own prefix, which its NATS permissions may grant to it alone.
+	opts := []nats.Option{nats.CustomInboxPrefix(cfg.InboxPrefix)}
 	switch {
 	case a.CredsFile != "":
 		opts = append(opts, nats.UserCredentials(a.CredsFile))
@@ -208,6 +207,29 @@ func protected(cfg config.Config) guard.Protected {
 	return p
 }
 
+// simulate points every configured target, and the default ones, at the sandbox's simulators.
+// Only where the requests go and how the worker logs in change: the protection lists stay, so
+// the sandbox shows what protection does.
+func simulate(cfg *config.Config, env *sandbox.Env, log *slog.Logger) {
+	if _, ok := cfg.Segura["default"]; !ok {
+		cfg.Segura["default"] = config.Segura{}
+	}
+	if _, ok := cfg.Element["default"]; !ok {
+		cfg.Element["default"] = config.Element{}
+	}
+	for name, t := range cfg.Segura {
+		cfg.Segura[name] = config.Segura{URL: env.SeguraURL, ClientID: env.SeguraClientID,
+			ClientSecret: handlers.NewSecret(env.SeguraClientSecret), Protected: t.Protected, ProtectedOwners: t.ProtectedOwners}
+		log.Info("sandbox: segura target is the in-process simulator", "target", name,
+			"protected_credentials", len(t.Protected), "protected_session_owners", len(t.ProtectedOwners))
+	}
+	for name, t := range cfg.Element {
+		cfg.Element[name] = config.Element{URL: env.ElementURL, Username: env.ElementUsername,
+			Password: handlers.NewSecret(env.ElementPassword), Protected: t.Protected}
+		log.Info("sandbox: element target is the in-process simulator", "target", name, "protected_users", len(t.Protected))
+	}
+}
+
 func topology(cfg config.Config) worker.Topology {
 	t := worker.DefaultTopology()
 	t.LedgerTTL, t.DedupWindow = cfg.DedupTTL, cfg.DedupTTL
@@ -218,6 +240,8 @@ func topology(cfg config.Config) worker.Topology {
 // buildHandlers creates one client per configured target, each with an HTTP client whose
 // transport counts attempts, and registers the vendors' actions.
 func buildHandlers(cfg config.Config, prot guard.Protected, m *worker.Metrics, log *slog.Logger) (*handlers.Registry, []string, error) {
+	// One rate limit per target, applied where requests leave (handlers.Pacer).
+	pacer := handlers.NewPacer(cfg.TargetRate)
 	client := func(target string, t handlers.TLSFiles) (*http.Client, error) {
 		tc, err := handlers.TLSConfig(t)
 		if err != nil {
@@ -228,9 +252,9 @@ func buildHandlers(cfg config.Config, prot guard.Protected, m *worker.Metrics, l
 				"target", target)
 		}
 		return handlers.NewHTTPClient(handlers.ClientOptions{
-			Timeout:      cfg.HTTPTimeout, // a backstop: each attempt's context carries the real bound
+			Timeout:      cfg.HTTPTimeout, // a backstop: the pacer bounds each request from when it may go
 			MaxIdleConns: cfg.Concurrency,
-			Wrap:         m.InstrumentTransport,
+			Wrap:         func(rt http.RoundTripper) http.RoundTripper { return pacer.Wrap(m.InstrumentTransport(rt)) },
 			TLS:          tc,
 		}), nil
 	}

@@ -412,6 +412,11 @@ func replay(ctx context.Context, js jetstream.JetStream, rec worker.FailedRecord
 	}
 	hdr.Set(jetstream.MsgIDHeader, newID)
 	hdr.Set(worker.ReplayOfHeader, rec.EventID)
+	// The header is a claim; the mark, which only an operator's identity may write, is what
+	// makes the worker put it in the result.
+	if err := worker.MarkReplay(ctx, js, worker.DefaultTopology().Bucket, newID, rec.EventID); err != nil {
+		return "", fmt.Errorf("mark the replay in the ledger: %w", err)
+	}
 	if _, err := js.PublishMsg(ctx, &nats.Msg{Subject: rec.Subject, Header: hdr, Data: payload}); err != nil {
 		return "", fmt.Errorf("publish to %s: %w", rec.Subject, err)
 	}

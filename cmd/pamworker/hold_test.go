@@ -23,13 +23,14 @@ func publishDisables(t *testing.T, js jetstream.JetStream, prefix, requester str
 	<-js.PublishAsyncComplete()
 }
 
-// TestBlastRadius500: a playbook gone wrong sends 500 disables against a cap of 50 a minute.
+// TestBlastRadius500: a playbook gone wrong sends 500 disables against a cap of 50 a minute
+// per requester (100 on the target).
 // 50 run; 450 are held — not dropped, not failed — while an analyst's disables and session
 // drop on the same target run at once; `hold release` runs all 450, one result each.
 func TestBlastRadius500(t *testing.T) {
 	t.Parallel()
 	r := newRig(t)
-	env := append(r.env, "PAMWORKER_LIMITS=pam.credential.disable=50/1m")
+	env := append(r.env, "PAMWORKER_LIMITS=pam.credential.disable=100/1m/50")
 	w := startWorker(t, env)
 	res := collect(t, r.nc)
 	const runaway, first = 500, 501
@@ -79,13 +80,14 @@ func TestBlastRadius500(t *testing.T) {
 	}
 }
 
-// TestBlastRadius: a playbook gone wrong sends 40 disables against a cap of 10 per 3 s: the
+// TestBlastRadius: a playbook gone wrong sends 40 disables against a cap of 10 per 3 s per
+// requester (100 on the target): the
 // first 10 run, the rest are held — not dropped, not failed — and run as the window slides;
 // another requester is not affected.
 func TestBlastRadius(t *testing.T) {
 	t.Parallel()
 	r := newRig(t)
-	env := append(r.env, "PAMWORKER_LIMITS=pam.credential.disable=10/3s")
+	env := append(r.env, "PAMWORKER_LIMITS=pam.credential.disable=100/3s/10")
 	w := startWorker(t, env)
 	res := collect(t, r.nc)
 	publishDisables(t, r.js, "runaway", "playbook-7", 1, 40)

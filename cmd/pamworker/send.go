@@ -97,7 +97,7 @@ func runSend(ctx context.Context, args []string, getenv func(string) string, env
 			fmt.Fprintln(stderr, "pamworker send: --sign-key-file:", err)
 			return exitUsage
 		}
-		sig, err := guard.Sign(strings.TrimSpace(string(key)), id, time.Now(), payload)
+		sig, err := guard.Sign(strings.TrimSpace(string(key)), a.subject, id, time.Now(), payload)
 		if err != nil {
 			fmt.Fprintln(stderr, "pamworker send: --sign-key-file:", err)
 			return exitUsage
@@ -127,20 +127,35 @@ func runSend(ctx context.Context, args []string, getenv func(string) string, env
 
 	wctx, cancel := context.WithTimeout(ctx, a.wait)
 	defer cancel()
+	// Only this event's result is printed: its event_id, and the digest of what it asks for
+	// when the payload decodes. Anything else on the inbox or the results stream — a forged
+	// reply, the result of another event that reuses the id — is not its answer.
+	mine := answerOf(a.subject, id, payload)
 	var raw []byte
 	switch {
 	case ack.Duplicate:
 		// The stream dropped this publish as a repeat of an event it already holds. Its result
 		// is in the ledger if it is finished, else it is still to come on the results stream.
 		fmt.Fprintln(stderr, "the stream already holds an event with this id; showing its result")
-		raw, err = duplicateResult(wctx, js, a.subject, id, sent)
+		var conflict bool
+		raw, conflict, err = duplicateResult(wctx, js, a.subject, mine, sent)
+		if conflict {
+			raw = conflictResult(a.subject, id, raw)
+		}
 	case inbox != nil:
-		var m *nats.Msg
-		if m, err = inbox.NextMsgWithContext(wctx); err == nil {
-			raw = m.Data
+		for {
+			var m *nats.Msg
+			if m, err = inbox.NextMsgWithContext(wctx); err != nil {
+				break
+			}
+			if mine.is(m.Data, m.Header.Get(worker.DigestHeader)) {
+				raw = m.Data
+				break
+			}
+			fmt.Fprintln(stderr, "pamworker send: ignored a message on the reply inbox that is not this event's result")
 		}
 	default: // the payload could not carry a reply_to (not a JSON object)
-		raw, err = watchResults(wctx, js, a.subject, id, sent.Add(-time.Second))
+		raw, err = watchResults(wctx, js, a.subject, mine, sent.Add(-time.Second))
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "pamworker send: no result for event %s within %v\n", id, a.wait)
@@ -176,7 +191,7 @@ func connectClient(getenv func(string) string, environ []string, command string,
 	if urls == "" {
 		urls = "nats://" + cfg.NATSListen
 	}
-	auth, err := natsOptions(cfg.NATSAuth, log)
+	auth, err := natsOptions(cfg, log)
 	if err != nil {
 		fmt.Fprintf(stderr, "pamworker %s: %v\n", command, err)
 		return nil, nil, err
@@ -249,10 +264,33 @@ func cmpID(id string) string {
 	return id
 }
 
-// duplicateResult finds the result of an event published earlier: from the ledger, or, if
-// it is not finished yet, from the results stream as it arrives. The watch starts first so a
-// result recorded between the two looks is not missed.
-func duplicateResult(ctx context.Context, js jetstream.JetStream, subject, id string, since time.Time) ([]byte, error) {
+// answer tells the result of one event from others: by its event_id and, if the event
+// decodes, by the digest of what it asks for (events.Event.Digest).
+type answer struct {
+	id, digest string
+}
+
+func answerOf(subject, id string, payload []byte) answer {
+	a := answer{id: id}
+	if ev, err := events.Decode(subject, payload, id, 1<<20, func() string { return id }); err == nil {
+		a.digest = ev.Digest()
+	}
+	return a
+}
+
+// is reports whether data, a result with digest header digest, answers this event.
+func (a answer) is(data []byte, digest string) bool {
+	var r struct {
+		EventID string `json:"event_id"`
+	}
+	return json.Unmarshal(data, &r) == nil && r.EventID == a.id && (a.digest == "" || digest == a.digest)
+}
+
+// duplicateResult finds the result of an event published earlier with this id: from the
+// ledger, or, if it is not finished yet, from the results stream as it arrives. The watch
+// starts first so a result recorded between the two looks is not missed. conflict reports
+// that the earlier event is another one (it asks for something else): raw is then its result.
+func duplicateResult(ctx context.Context, js jetstream.JetStream, subject string, mine answer, since time.Time) (raw []byte, conflict bool, err error) {
 	type found struct {
 		raw []byte
 		err error
@@ -261,18 +299,36 @@ func duplicateResult(ctx context.Context, js jetstream.JetStream, subject, id st
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {
-		raw, err := watchResults(wctx, js, subject, id, since)
+		raw, err := watchResults(wctx, js, subject, mine, since)
 		watched <- found{raw, err}
 	}()
-	if raw, err := worker.RecordedResult(ctx, js, worker.DefaultTopology().Bucket, id); err == nil && raw != nil {
-		return raw, nil
+	if raw, digest, err := worker.RecordedResult(ctx, js, worker.DefaultTopology().Bucket, mine.id); err == nil && raw != nil {
+		if mine.digest != "" && digest != mine.digest {
+			return raw, true, nil
+		}
+		return raw, false, nil
 	}
 	f := <-watched
-	return f.raw, f.err
+	return f.raw, false, f.err
 }
 
-// watchResults reads results of subject from start on and returns the one of eventID.
-func watchResults(ctx context.Context, js jetstream.JetStream, subject, eventID string, start time.Time) ([]byte, error) {
+// conflictResult is the answer send prints when the stream dropped its event because another
+// event already has its id: a rejection, as the worker would give, naming the other event.
+func conflictResult(subject, id string, other []byte) []byte {
+	var o events.Result
+	_ = json.Unmarshal(other, &o)
+	res := events.NewResult(events.Event{ID: id, Action: subject, Target: events.DefaultTarget})
+	res.Status = events.Rejected
+	res.Message = fmt.Sprintf("event id %q is already the id of another event (%s on target %q, %s); this event was not accepted: give it an id of its own",
+		id, o.Action, o.Target, o.Status)
+	res.Error = &events.ErrorInfo{Code: events.CodeIDConflict, Message: res.Message}
+	res.FinishedAt = events.Timestamp(time.Now())
+	data, _ := res.Marshal()
+	return data
+}
+
+// watchResults reads results of subject from start on and returns the one of this event.
+func watchResults(ctx context.Context, js jetstream.JetStream, subject string, mine answer, start time.Time) ([]byte, error) {
 	cons, err := js.OrderedConsumer(ctx, worker.DefaultTopology().ResultsStream, jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{events.ResultSubject(subject)},
 		DeliverPolicy:  jetstream.DeliverByStartTimePolicy,
@@ -289,10 +345,7 @@ func watchResults(ctx context.Context, js jetstream.JetStream, subject, eventID 
 			}
 			continue
 		}
-		var r struct {
-			EventID string `json:"event_id"`
-		}
-		if json.Unmarshal(msg.Data(), &r) == nil && r.EventID == eventID {
+		if mine.is(msg.Data(), msg.Headers().Get(worker.DigestHeader)) {
 			return msg.Data(), nil
 		}
 	}

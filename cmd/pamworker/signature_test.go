@@ -76,7 +76,7 @@ func TestSignedEvents(t *testing.T) {
 		"expired":  {time.Now().Add(-10 * time.Minute), `{"event_id":"sig-e","credential_id":23}`, guard.CodeSignatureAge},
 	} {
 		id := map[string]string{"tampered": "sig-t", "expired": "sig-e"}[name]
-		h, err := guard.Sign(newSecret, id, tc.at, []byte(`{"event_id":"`+id+`","credential_id":23}`))
+		h, err := guard.Sign(newSecret, events.CredentialDisable, id, tc.at, []byte(`{"event_id":"`+id+`","credential_id":23}`))
 		if err != nil {
 			t.Fatal(err)
 		}

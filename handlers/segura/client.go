@@ -4,6 +4,7 @@
 package segura
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -31,6 +32,8 @@ type Config struct {
 	// OwnerCheck, when set, makes every session drop look up who opened the session first and
 	// refuse it if the check says so. Nil: drops make no lookup.
 	OwnerCheck OwnerCheck
+	// MinListRefresh is the shortest time between two reads of the session list (default 2s).
+	MinListRefresh time.Duration
 }
 
 // Client calls one Segura instance.
@@ -70,7 +73,7 @@ func New(cfg Config) (*Client, error) {
 		root:       root,
 		hc:         hc,
 		ownerCheck: cfg.OwnerCheck,
-		owners:     newOwners(),
+		owners:     newOwners(cmp.Or(cfg.MinListRefresh, minListRefresh)),
 		tokens: &tokens{
 			cc: clientcredentials.Config{
 				ClientID:     cfg.ClientID,

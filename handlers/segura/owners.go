@@ -26,36 +26,65 @@ type OwnerCheck func(sessionID, owner string) *events.Rejection
 // owners finds who opened a remote session, from Segura's "List all remote sessions"
 // (GET {prefix}/pam/session/remotesessions). A session's owner never changes, so the last list
 // answers every session it holds; a session missing from it is looked up again only in a list
-// fetched after the question was asked. One fetch runs at a time and a burst of drops shares it.
+// fetched after the question was asked. One fetch runs at a time, a burst of drops shares it,
+// and lists are fetched at most once per minRefresh: Segura warns the list of a large
+// installation can take minutes, and a flood of drops of sessions it does not hold (stale ids,
+// or a hostile publisher's) must not turn into a flood of full reads.
 type owners struct {
-	sem     chan struct{}     // held while reading or refreshing the fields below
-	byID    map[string]string // session_id -> user, from the last list
-	fetched time.Time         // when the request for that list was sent
+	sem        chan struct{}     // held while reading or refreshing the fields below
+	byID       map[string]string // session_id -> user, from the last list
+	fetched    time.Time         // when the request for that list was sent
+	tried      time.Time         // when the last request was sent, answered or not
+	minRefresh time.Duration
 }
 
-func newOwners() *owners { return &owners{sem: make(chan struct{}, 1)} }
+// minListRefresh is the shortest time between two reads of the session list: a session the
+// last list lacks waits at most this long for the next read, which every such session shares.
+const minListRefresh = 2 * time.Second
+
+func newOwners(minRefresh time.Duration) *owners {
+	return &owners{sem: make(chan struct{}, 1), minRefresh: minRefresh}
+}
 
 // sessionOwner returns who opened session id, and whether Segura lists it at all.
 func (c *Client) sessionOwner(ctx context.Context, id string) (owner string, listed bool, err error) {
+	o := c.owners
 	asked := time.Now()
-	select {
-	case c.owners.sem <- struct{}{}:
-	case <-ctx.Done():
-		return "", false, handlers.TransportError(ctx, ctx.Err())
+	for {
+		select {
+		case o.sem <- struct{}{}:
+		case <-ctx.Done():
+			return "", false, handlers.TransportError(ctx, ctx.Err())
+		}
+		if owner, ok := o.byID[id]; ok {
+			<-o.sem
+			return owner, true, nil
+		}
+		if o.fetched.After(asked) {
+			<-o.sem
+			return "", false, nil
+		}
+		wait := time.Until(o.tried.Add(o.minRefresh))
+		if wait <= 0 {
+			break // this caller fetches, holding sem
+		}
+		<-o.sem
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return "", false, handlers.TransportError(ctx, ctx.Err())
+		}
 	}
-	defer func() { <-c.owners.sem }()
-	if owner, ok := c.owners.byID[id]; ok {
-		return owner, true, nil
-	}
-	if c.owners.fetched.After(asked) {
-		return "", false, nil
-	}
+	defer func() { <-o.sem }()
 	start := time.Now()
+	o.tried = start
 	list, err := c.listSessions(ctx)
 	if err != nil {
 		return "", false, err
 	}
-	c.owners.byID, c.owners.fetched = list, start
+	o.byID, o.fetched = list, start
 	owner, listed = list[id]
 	return owner, listed, nil
 }

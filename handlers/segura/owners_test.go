@@ -3,11 +3,13 @@ package segura_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/pamworker/pamworker/events"
 	"github.com/pamworker/pamworker/guard"
@@ -130,6 +132,45 @@ func TestOwnerLookupsShareOneList(t *testing.T) {
 	if n := r.sim.CallsTo("GET", "/pam/session/remotesessions"); n < 1 || n > 2 {
 		t.Errorf("%d session lists for %d drops", n, len(ids))
 	}
+}
+
+// TestUnknownSessionsShareReads: a flood of drops of sessions Segura does not list — stale ids,
+// or a hostile publisher's — reads the list at most once per refresh interval, however the
+// drops arrive, and every one of them is refused as not listed. (Found by attack: 500 such
+// drops made 472 full reads of a list Segura warns can take minutes.)
+func TestUnknownSessionsShareReads(t *testing.T) {
+	t.Parallel()
+	const every = 100 * time.Millisecond
+	r := setup(t, sandbox.SeguraOptions{}, func(c *segura.Config) { ownerGuard(c); c.MinListRefresh = every })
+	const drops, concurrency = 300, 32
+	start := time.Now()
+	var wg sync.WaitGroup
+	var next atomic.Int32
+	var notListed atomic.Int32
+	for range concurrency {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := next.Add(1); i <= drops; i = next.Add(1) {
+				_, err := r.client.Handle(context.Background(), drop(fmt.Sprintf("%032x", i), false))
+				var rej *events.Rejection
+				if errors.As(err, &rej) && rej.Code == segura.CodeSessionNotListed {
+					notListed.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	if n := notListed.Load(); n != drops {
+		t.Errorf("%d of %d drops refused as not listed", n, drops)
+	}
+	// An upper bound that slowness only makes easier: one read per interval, plus the first.
+	reads := r.sim.CallsTo("GET", "/pam/session/remotesessions")
+	if limit := 2 + int64(elapsed/every); reads > limit {
+		t.Errorf("%d list reads for %d drops in %v, more than one per %v", reads, drops, elapsed.Round(time.Millisecond), every)
+	}
+	t.Logf("%d drops of unknown sessions: %d list reads in %v", drops, reads, elapsed.Round(time.Millisecond))
 }
 
 // listServer serves a token, list as the remote session list, and counts anything else (a

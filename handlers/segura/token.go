@@ -37,7 +37,9 @@ func (t *tokens) get(ctx context.Context) (*oauth2.Token, error) {
 	}
 	// The token request goes through the same client (timeout, TLS, no redirects) as API calls.
 	ctx = context.WithValue(ctx, oauth2.HTTPClient, t.hc)
-	ctx = handlers.WithCall(ctx, handlers.Call{Target: t.target, Action: "oauth_token"})
+	call, _ := handlers.CallFrom(ctx) // keeps the attempt's timeout
+	call.Target, call.Action = t.target, "oauth_token"
+	ctx = handlers.WithCall(ctx, call)
 	tok, err := t.cc.Token(ctx)
 	if err != nil {
 		return nil, tokenError(ctx, err)
