@@ -26,6 +26,7 @@ var knownEnv = map[string]bool{
 	"PAMWORKER_LOG_LEVEL":                 true,
 	"PAMWORKER_DATA_DIR":                  true,
 	"PAMWORKER_SHUTDOWN_TIMEOUT":          true,
+	"PAMWORKER_NATS_INBOX_PREFIX":         true,
 	"PAMWORKER_SEGURA_CLIENT_ID":          true,
 	"PAMWORKER_SEGURA_CLIENT_SECRET":      true,
 	"PAMWORKER_ELEMENT_USERNAME":          true,

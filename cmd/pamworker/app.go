@@ -39,6 +39,9 @@ func newEventID() string { return ulid.Make().String() }
 // runWorker wires configuration, broker, vendor clients, metrics and the worker, and runs until
 // ctx is done. Every failure to start is one clear line on stderr and exit status 1.
 func runWorker(ctx context.Context, withSandbox bool, getenv func(string) string, environ []string, stderr io.Writer) int {
+	if withSandbox {
+		getenv = sandboxEnv(getenv)
+	}
 	cfg, err := config.Load(getenv, environ)
 	if err != nil {
 		fmt.Fprintln(stderr, "pamworker: configuration:", err)
@@ -205,6 +208,25 @@ func protected(cfg config.Config) guard.Protected {
 		p.ElementUsers[name] = append(append([]string(nil), t.Protected...), t.Username)
 	}
 	return p
+}
+
+// sandboxEnv stands in for the default targets' addresses and logins when they are not set, so
+// that a sandbox run may set protection lists alone (PAMWORKER_SEGURA_PROTECTED_CREDENTIALS
+// ...): simulate replaces addresses and logins with the simulators' anyway.
+func sandboxEnv(getenv func(string) string) func(string) string {
+	stand := map[string]string{
+		"PAMWORKER_SEGURA_URL": "https://sandbox.invalid", "PAMWORKER_SEGURA_CLIENT_ID": "sandbox", "PAMWORKER_SEGURA_CLIENT_SECRET": "sandbox",
+		"PAMWORKER_ELEMENT_URL": "https://sandbox.invalid/json-rpc/12.0", "PAMWORKER_ELEMENT_USERNAME": "sandbox", "PAMWORKER_ELEMENT_PASSWORD": "sandbox",
+	}
+	return func(name string) string {
+		if v := getenv(name); v != "" {
+			return v
+		}
+		if v, ok := stand[name]; ok && getenv(name+"_FILE") == "" {
+			return v
+		}
+		return ""
+	}
 }
 
 // simulate points every configured target, and the default ones, at the sandbox's simulators.

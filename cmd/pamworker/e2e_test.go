@@ -38,6 +38,11 @@ var (
 
 func binary(t *testing.T) string {
 	t.Helper()
+	// PAMWORKER_TEST_BINARY runs these tests against another build, e.g. an older one to show
+	// that a new test fails on it.
+	if path := os.Getenv("PAMWORKER_TEST_BINARY"); path != "" {
+		return path
+	}
 	buildOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "pamworker-e2e")
 		if err != nil {
@@ -207,17 +212,18 @@ func (p *proc) alive() bool {
 	}
 }
 
-// resultsOf collects results from a core subscription: the last result and the number of
-// results of every event id.
+// resultsOf collects results from a core subscription: every result of every event id, in
+// arrival order, the last one and their number.
 type resultsOf struct {
-	mu sync.Mutex
-	m  map[string]events.Result
-	n  map[string]int
+	mu  sync.Mutex
+	m   map[string]events.Result
+	n   map[string]int
+	all map[string][]events.Result
 }
 
 func collect(t *testing.T, nc *nats.Conn) *resultsOf {
 	t.Helper()
-	r := &resultsOf{m: map[string]events.Result{}, n: map[string]int{}}
+	r := &resultsOf{m: map[string]events.Result{}, n: map[string]int{}, all: map[string][]events.Result{}}
 	sub, err := nc.Subscribe("results.>", func(msg *nats.Msg) {
 		scanForSecrets(t, "result on "+msg.Subject, string(msg.Data))
 		var res events.Result
@@ -225,6 +231,7 @@ func collect(t *testing.T, nc *nats.Conn) *resultsOf {
 			r.mu.Lock()
 			r.m[res.EventID] = res
 			r.n[res.EventID]++
+			r.all[res.EventID] = append(r.all[res.EventID], res)
 			r.mu.Unlock()
 		}
 	})
@@ -233,6 +240,19 @@ func collect(t *testing.T, nc *nats.Conn) *resultsOf {
 	}
 	t.Cleanup(func() { _ = sub.Unsubscribe() })
 	return r
+}
+
+// wait waits until event id has n results and returns them.
+func (r *resultsOf) wait(t *testing.T, id string, n int) []events.Result {
+	t.Helper()
+	var got []events.Result
+	waitUntil(t, 30*time.Second, func() bool {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		got = append([]events.Result(nil), r.all[id]...)
+		return len(got) >= n
+	})
+	return got
 }
 
 // answered is how many distinct events have a result.

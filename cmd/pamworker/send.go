@@ -89,7 +89,11 @@ func runSend(ctx context.Context, args []string, getenv func(string) string, env
 	}
 	defer nc.Close()
 
-	id, payload, replyTo := prepare(a.payload, a.wait > 0)
+	var inboxOf func() string // a reply inbox under this identity's prefix
+	if a.wait > 0 {
+		inboxOf = nc.NewInbox
+	}
+	id, payload, replyTo := prepare(a.payload, inboxOf)
 	header := nats.Header{jetstream.MsgIDHeader: []string{id}}
 	if a.signKey != "" {
 		key, err := os.ReadFile(a.signKey)
@@ -217,9 +221,10 @@ func connectClient(getenv func(string) string, environ []string, command string,
 }
 
 // prepare gives the payload an event id (its own event_id or CloudEvents id, else a new one)
-// and, when a result is awaited, a reply_to inbox. A payload that is not a JSON object is sent
-// unchanged: the worker will answer it with a rejection, which is what its sender should see.
-func prepare(payload []byte, wait bool) (id string, out []byte, replyTo string) {
+// and, when a result is awaited (newInbox is set), a reply_to inbox. A payload that is not a
+// JSON object is sent unchanged: the worker will answer it with a rejection, which is what
+// its sender should see.
+func prepare(payload []byte, newInbox func() string) (id string, out []byte, replyTo string) {
 	var obj map[string]json.RawMessage
 	if json.Unmarshal(payload, &obj) != nil || obj == nil {
 		return newEventID(), payload, ""
@@ -239,11 +244,11 @@ func prepare(payload []byte, wait bool) (id string, out []byte, replyTo string) 
 			obj["event_id"], _ = json.Marshal(id)
 		}
 	}
-	if wait {
+	if newInbox != nil {
 		if _, has := target["reply_to"]; has {
 			_ = json.Unmarshal(target["reply_to"], &replyTo)
 		} else {
-			replyTo = nats.NewInbox()
+			replyTo = newInbox()
 			target["reply_to"], _ = json.Marshal(replyTo)
 		}
 	}
