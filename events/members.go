@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -23,6 +24,7 @@ func members(data []byte) ([]member, *Rejection) {
 		return nil, rejectf(CodeInvalidEvent, "payload is not a JSON object: expected a JSON object, got JSON %s", kindOf(data[i:]))
 	}
 	out := make([]member, 0, 8)
+	var seen keySet
 	i = skipSpace(data, i+1)
 	if data[i] == '}' {
 		return out, nil
@@ -37,10 +39,8 @@ func members(data []byte) ([]member, *Rejection) {
 			}
 			key = k
 		}
-		for _, m := range out {
-			if strings.EqualFold(m.key, key) {
-				return nil, rejectf(CodeInvalidEvent, "field %q is given more than once", key)
-			}
+		if seen.dup(out, key) {
+			return nil, rejectf(CodeInvalidEvent, "field %q is given more than once", key)
 		}
 		i = skipSpace(data, end)   // at ':'
 		i = skipSpace(data, i+1)   // at the value
@@ -52,6 +52,50 @@ func members(data []byte) ([]member, *Rejection) {
 		}
 		i = skipSpace(data, i+1) // past ',' to the next key
 	}
+}
+
+// keySet tells whether a key was seen before, in any case. An object has a few keys, but a
+// hostile one can have thousands: past a handful the keys go into a set, so the check stays
+// linear instead of quadratic.
+type keySet map[string]struct{}
+
+// dup reports whether key is one of out's keys (the keys seen so far), in any case.
+func (s *keySet) dup(out []member, key string) bool {
+	if len(out) < 16 {
+		for _, m := range out {
+			if strings.EqualFold(m.key, key) {
+				return true
+			}
+		}
+		return false
+	}
+	if *s == nil {
+		*s = make(keySet, 2*len(out))
+		for _, m := range out {
+			(*s)[foldCase(m.key)] = struct{}{}
+		}
+	}
+	k := foldCase(key)
+	if _, ok := (*s)[k]; ok {
+		return true
+	}
+	(*s)[k] = struct{}{}
+	return false
+}
+
+// foldCase maps every rune to the smallest of its simple case folding orbit, so that two
+// strings are strings.EqualFold exactly when their foldCase are equal.
+func foldCase(s string) string {
+	var b strings.Builder
+	b.Grow(len(s))
+	for _, r := range s {
+		least := r
+		for f := unicode.SimpleFold(r); f != r; f = unicode.SimpleFold(f) {
+			least = min(least, f)
+		}
+		b.WriteRune(least)
+	}
+	return b.String()
 }
 
 func skipSpace(b []byte, i int) int {
@@ -219,16 +263,19 @@ func cloudEventFrom(ms []member) (cloudEvent, *Rejection) {
 
 // payloadField reports whether key names a payload field, in any case and with or without
 // underscores and dashes (CloudEvents extension names cannot hold underscores).
-func payloadField(key string) bool {
-	fold := func(s string) string { return strings.NewReplacer("_", "", "-", "").Replace(strings.ToLower(s)) }
-	k := fold(key)
+func payloadField(key string) bool { return foldedPayloadKeys[foldKey(key)] }
+
+var keyFolder = strings.NewReplacer("_", "", "-", "")
+
+func foldKey(s string) string { return keyFolder.Replace(strings.ToLower(s)) }
+
+var foldedPayloadKeys = func() map[string]bool {
+	m := map[string]bool{}
 	for name := range payloadKeys {
-		if fold(name) == k {
-			return true
-		}
+		m[foldKey(name)] = true
 	}
-	return false
-}
+	return m
+}()
 
 func has(ms []member, key string) bool {
 	for _, m := range ms {

@@ -3,6 +3,7 @@ package events
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -49,4 +50,34 @@ func FuzzMembers(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestManyKeysStayLinear: a hostile event with thousands of keys is refused, and keys given
+// twice are found however many keys come before them, in any case (the set that takes over
+// past a handful of keys folds case as strings.EqualFold does).
+func TestManyKeysStayLinear(t *testing.T) {
+	t.Parallel()
+	for _, twin := range []string{"a7", "A7", "ａ7", ""} {
+		var b strings.Builder
+		b.WriteString("{")
+		for i := range 5000 {
+			fmt.Fprintf(&b, `"a%d":1,`, i)
+		}
+		if twin != "" {
+			fmt.Fprintf(&b, `%q:2,`, twin)
+		}
+		b.WriteString(`"z":0}`)
+		_, rej := members([]byte(b.String()))
+		switch {
+		case twin == "" && rej != nil:
+			t.Errorf("5000 distinct keys: %v", rej)
+		case twin != "" && twin != "ａ7" && (rej == nil || !strings.Contains(rej.Message, "more than once")):
+			t.Errorf("twin %q after 5000 keys: %v", twin, rej)
+		case twin == "ａ7" && rej != nil:
+			t.Errorf("a full-width key is another key: %v", rej)
+		}
+	}
+	if foldCase("K") != foldCase("k") || foldCase("ſ") != foldCase("S") || foldCase("a") == foldCase("b") {
+		t.Error("foldCase does not fold as EqualFold does")
+	}
 }
