@@ -70,7 +70,7 @@ func (r runResult) busy(cpu time.Duration) float64 {
 // reset deletes everything both workers use, so every run starts from empty streams.
 func (b *bench) reset(ctx context.Context) error {
 	t := b.topology
-	for _, name := range []string{t.EventsStream, t.ResultsStream, t.WorkStream, t.FailedStream, "KV_" + t.Bucket} {
+	for _, name := range []string{t.EventsStream, t.ResultsStream, "PAMWORKER_WORK", t.FailedStream, "KV_" + t.Bucket} {
 		if err := b.js.DeleteStream(ctx, name); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
 			return fmt.Errorf("delete stream %s: %w", name, err)
 		}

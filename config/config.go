@@ -45,6 +45,7 @@ type Config struct {
 	MaxEventAge     time.Duration   // 0: no limit
 	TargetRate      float64         // API attempts per second per target
 	StreamReplicas  int             // replicas of the streams and bucket the worker creates
+	Partitions      int             // partition consumers the replicas share out
 	SignedSubjects  []string        // subject patterns whose events must be signed
 	SigningKeys     handlers.Secret // whsec_/whpk_ keys, separated by ";" or white space
 	SignatureAge    time.Duration   // tolerance of a signature's timestamp
@@ -88,7 +89,7 @@ type Element struct {
 	Protected []string // users whose sessions are never deleted (the login itself is added)
 }
 
-// maxHeldAge is how long the worker keeps a routed event (the work stream's MaxAge).
+// maxHeldAge bounds PAMWORKER_MAX_EVENT_AGE when limits hold events.
 const maxHeldAge = 24 * time.Hour
 
 // Defaults of the settings that have one.
@@ -101,7 +102,8 @@ const (
 	DefaultMaxEventBytes   = 64 << 10
 	DefaultMaxDeliveries   = 5
 	DefaultRetryMaxElapsed = 30 * time.Second
-	DefaultAckWait         = 30 * time.Second
+	DefaultAckWait         = 5 * time.Second
+	DefaultPartitions      = 1
 	DefaultDedupTTL        = 24 * time.Hour
 	DefaultShutdownTimeout = 20 * time.Second
 	DefaultStallTimeout    = 2 * time.Minute
@@ -119,7 +121,7 @@ var env = map[string]bool{ // name → has a _FILE form
 	"PAMWORKER_MAX_DELIVERIES": false, "PAMWORKER_RETRY_MAX_ELAPSED": false,
 	"PAMWORKER_ACK_WAIT": false, "PAMWORKER_DEDUP_TTL": false, "PAMWORKER_SHUTDOWN_TIMEOUT": false,
 	"PAMWORKER_LOG_LEVEL": false, "PAMWORKER_MAX_EVENT_AGE": false, "PAMWORKER_TARGET_RATE": false,
-	"PAMWORKER_STREAM_REPLICAS": false, "PAMWORKER_STALL_TIMEOUT": false, "PAMWORKER_NATS_INBOX_PREFIX": false,
+	"PAMWORKER_STREAM_REPLICAS": false, "PAMWORKER_STALL_TIMEOUT": false, "PAMWORKER_PARTITIONS": false, "PAMWORKER_NATS_INBOX_PREFIX": false,
 	"PAMWORKER_SEGURA_URL": false, "PAMWORKER_SEGURA_CLIENT_ID": true,
 	"PAMWORKER_SEGURA_CLIENT_SECRET": true, "PAMWORKER_SEGURA_TOKEN_URL": false,
 	"PAMWORKER_SEGURA_API_PREFIX": false, "PAMWORKER_ELEMENT_URL": false,
@@ -175,6 +177,7 @@ type file struct {
 	MaxEventAge     string                 `yaml:"max_event_age"`
 	TargetRate      string                 `yaml:"target_rate"`
 	StreamReplicas  string                 `yaml:"stream_replicas"`
+	Partitions      string                 `yaml:"partitions"`
 	SignedSubjects  []string               `yaml:"signed_subjects"`
 	SigningKeys     string                 `yaml:"signing_keys"`
 	SigningKeysFile string                 `yaml:"signing_keys_file"`
@@ -279,13 +282,14 @@ func Load(getenv func(string) string, environ []string) (Config, error) {
 		MaxEventBytes:   l.integer("PAMWORKER_MAX_EVENT_BYTES", f.MaxEventBytes, DefaultMaxEventBytes, 256, 1<<20),
 		MaxDeliveries:   l.integer("PAMWORKER_MAX_DELIVERIES", f.MaxDeliveries, DefaultMaxDeliveries, 1, 1000),
 		RetryMaxElapsed: l.duration("PAMWORKER_RETRY_MAX_ELAPSED", f.RetryMaxElapsed, DefaultRetryMaxElapsed, 0, time.Hour),
-		AckWait:         l.duration("PAMWORKER_ACK_WAIT", f.AckWait, DefaultAckWait, 3*time.Second, time.Hour),
+		AckWait:         l.duration("PAMWORKER_ACK_WAIT", f.AckWait, DefaultAckWait, time.Second, 10*time.Minute),
 		DedupTTL:        l.duration("PAMWORKER_DEDUP_TTL", f.DedupTTL, DefaultDedupTTL, time.Minute, 90*24*time.Hour),
 		ShutdownTimeout: l.duration("PAMWORKER_SHUTDOWN_TIMEOUT", f.ShutdownTimeout, DefaultShutdownTimeout, time.Second, 10*time.Minute),
 		StallTimeout:    l.duration("PAMWORKER_STALL_TIMEOUT", f.StallTimeout, DefaultStallTimeout, time.Second, 24*time.Hour),
 		MaxEventAge:     l.duration("PAMWORKER_MAX_EVENT_AGE", f.MaxEventAge, DefaultMaxEventAge, 0, 30*24*time.Hour),
 		TargetRate:      float64(l.integer("PAMWORKER_TARGET_RATE", f.TargetRate, DefaultTargetRate, 1, 10000)),
 		StreamReplicas:  l.integer("PAMWORKER_STREAM_REPLICAS", f.StreamReplicas, DefaultStreamReplicas, 1, 5),
+		Partitions:      l.integer("PAMWORKER_PARTITIONS", f.Partitions, DefaultPartitions, 1, 64),
 		SignedSubjects:  append(f.SignedSubjects, commaList(getenv("PAMWORKER_SIGNED_SUBJECTS"))...),
 		SigningKeys:     handlers.NewSecret(l.secret("PAMWORKER_SIGNING_KEYS", f.SigningKeys, f.SigningKeysFile)),
 		SignatureAge:    l.duration("PAMWORKER_SIGNATURE_TOLERANCE", f.SignatureAge, 5*time.Minute, time.Second, time.Hour),
@@ -368,11 +372,11 @@ func (c Config) validate() error {
 	if err != nil {
 		return fmt.Errorf("PAMWORKER_LIMITS: %w", err)
 	}
-	// A held event waits until its window opens or it turns stale. The worker remembers where
-	// it waits for PAMWORKER_DEDUP_TTL and keeps routed events for a day (maxHeldAge), so the
-	// stale limit must come first.
+	// A held event waits until its window opens or it turns stale. It must turn stale while
+	// its result could still be answered from the ledger, and within a day: a hold longer than
+	// that is a limit that does not fit its playbooks.
 	if len(limits) > 0 && (c.MaxEventAge <= 0 || c.MaxEventAge >= c.DedupTTL || c.MaxEventAge >= maxHeldAge) {
-		return fmt.Errorf("PAMWORKER_LIMITS needs PAMWORKER_MAX_EVENT_AGE set and below PAMWORKER_DEDUP_TTL (%s) and %s: a held event may wait until it is that old, and the worker keeps its place for no longer",
+		return fmt.Errorf("PAMWORKER_LIMITS needs PAMWORKER_MAX_EVENT_AGE set and below PAMWORKER_DEDUP_TTL (%s) and %s: a held event may wait until it is that old",
 			c.DedupTTL, maxHeldAge)
 	}
 	a := c.NATSAuth

@@ -93,21 +93,38 @@ func (e *TargetDownError) Error() string {
 
 func (e *TargetDownError) Unwrap() error { return e.Err }
 
-// Classify reports what should happen after err: "permanent", "retry", "down" or "" for nil,
-// with the matching typed error. A plain error (a bug, an unexpected reply) is retryable: the
-// event is kept rather than lost.
-func Classify(err error) (kind string, re *RetryableError, pe *PermanentError, de *TargetDownError) {
+// Kind is what should happen after an attempt.
+type Kind int
+
+// The kinds of outcome.
+const (
+	OK        Kind = iota // it worked
+	Retry                 // it may work later: retry with backoff
+	Permanent             // the vendor refused: the event fails now
+	Down                  // the target refuses the worker: events wait until it accepts it again
+	Refused               // the handler refused the event after a look (an *events.Rejection)
+)
+
+// String names the kind, for logs and tests: "" (OK), "retry", "permanent", "down", "refused".
+func (k Kind) String() string {
+	return [...]string{OK: "", Retry: "retry", Permanent: "permanent", Down: "down", Refused: "refused"}[k]
+}
+
+// Classify reports what should happen after err, with the matching typed error. A plain error
+// (a bug, an unexpected reply) is retryable: the event is kept rather than lost. (A rejection,
+// which the worker tests for itself, classifies as Retry here.)
+func Classify(err error) (kind Kind, re *RetryableError, pe *PermanentError, de *TargetDownError) {
 	switch {
 	case err == nil:
-		return "", nil, nil, nil
+		return OK, nil, nil, nil
 	case errors.As(err, &de):
-		return "down", nil, nil, de
+		return Down, nil, nil, de
 	case errors.As(err, &pe):
-		return "permanent", nil, pe, nil
+		return Permanent, nil, pe, nil
 	case errors.As(err, &re):
-		return "retry", re, nil, nil
+		return Retry, re, nil, nil
 	}
-	return "retry", &RetryableError{Reason: ReasonServer, Err: err}, nil, nil
+	return Retry, &RetryableError{Reason: ReasonServer, Err: err}, nil, nil
 }
 
 // RetryableStatus reports whether an HTTP status is worth retrying, and why.

@@ -103,7 +103,7 @@ func TestClassify(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			kind, re, pe, de := handlers.Classify(tc.err)
-			if kind != tc.kind {
+			if kind.String() != tc.kind {
 				t.Fatalf("kind = %q, want %q", kind, tc.kind)
 			}
 			// Exactly the typed error matching kind is set.

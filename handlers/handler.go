@@ -63,6 +63,24 @@ func (r *Registry) Lookup(subject string) (Handler, bool) {
 	return h, ok
 }
 
+// Handle runs ev through the handler registered for its action; an action without one is
+// rejected as unknown_action. A Registry is itself the Handler the worker calls.
+func (r *Registry) Handle(ctx context.Context, ev events.Event) (Outcome, error) {
+	h, ok := r.m[ev.Action]
+	if !ok {
+		return Outcome{}, &events.Rejection{Code: events.CodeUnknownAction, Message: "no handler is registered for " + ev.Action}
+	}
+	return h.Handle(ctx, ev)
+}
+
+// Chain wraps h in the middleware, the first outermost. It is built once, at start.
+func Chain(h Handler, mw ...Middleware) Handler {
+	for i := len(mw) - 1; i >= 0; i-- {
+		h = mw[i](h)
+	}
+	return h
+}
+
 // Vendor names the system an action subject acts on: "segura" or "element".
 func Vendor(action string) string {
 	if strings.HasPrefix(action, "element.") {

@@ -8,8 +8,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/pamworker/pamworker/events"
 )
 
 // FailedPrefix begins the subjects of the failed-events stream:
@@ -46,29 +44,23 @@ func ActionOfFailedSubject(subject string) string {
 	return rest
 }
 
-// failedRecordMsg builds the failed-stream message keeping msg, the original of ev.
-func failedRecordMsg(msg jetstream.Msg, ev events.Event, result []byte) *nats.Msg {
-	subject, msgID, _ := origin(msg)
-	rec := FailedRecord{EventID: ev.ID, Subject: subject, Result: result, Payload: string(msg.Data())}
-	for k, v := range msg.Headers() {
-		if len(v) == 0 || k == hdrSubject || k == hdrMsgID || k == hdrReceived || k == jetstream.MsgIDHeader {
-			continue // the router's own headers; the original message id is restored below
+// failedRecordMsg builds the failed-stream message keeping e's original message: its body as
+// it arrived and the headers its publisher set.
+func failedRecordMsg(e *entry, result []byte) *nats.Msg {
+	rec := FailedRecord{EventID: e.ev.ID, Subject: e.msg.Subject(), Result: result, Payload: string(e.msg.Data())}
+	for k, v := range e.msg.Headers() {
+		if len(v) == 0 || k == "Nats-Pin-Id" {
+			continue // the server's, not the publisher's
 		}
 		if rec.Headers == nil {
 			rec.Headers = map[string]string{}
 		}
 		rec.Headers[k] = v[0]
 	}
-	if msgID != "" {
-		if rec.Headers == nil {
-			rec.Headers = map[string]string{}
-		}
-		rec.Headers[jetstream.MsgIDHeader] = msgID
-	}
 	data, _ := json.Marshal(rec)
 	return &nats.Msg{
-		Subject: FailedSubject(ev.Action, ev.ID),
-		Header:  nats.Header{jetstream.MsgIDHeader: []string{"failed:" + ev.ID}},
+		Subject: FailedSubject(e.ev.Action, e.ev.ID),
+		Header:  nats.Header{jetstream.MsgIDHeader: []string{"failed:" + e.ev.ID}},
 		Data:    data,
 	}
 }

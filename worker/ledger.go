@@ -7,15 +7,17 @@ import (
 	"encoding/json"
 	"errors"
 	"strconv"
-	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
 
 // ledger remembers, in a JetStream key-value bucket with a TTL, the result of every finished
-// event and how many times an event's retry budget ran out. It is what makes a repeated event
-// id (a playbook that retried, a redelivery after a crash) get the recorded answer instead of a
-// second vendor call. Keys are hashes: event ids are free text and KV keys are not.
+// event ("done.<hash of the event id>"), how many times an event's retry budget ran out
+// ("spent.<hash>"), which events are an operator's replays ("replay.<hash>") and, in
+// crashloop.go, how redeliveries ended ("try.<stream sequence>"). It is what makes a repeated
+// event (a playbook that retried, a redelivery after a crash) get the recorded answer instead
+// of a second vendor call. Keys are hashes: event ids are free text and KV keys are not. The
+// bucket's other families belong to limit.go (windows, hold decisions).
 type ledger struct {
 	kv     jetstream.KeyValue
 	prefix string // "$KV.<bucket>." for pipelined writes through PublishAsync
@@ -127,53 +129,4 @@ func (l *ledger) replayOf(ctx context.Context, eventID string) (string, error) {
 		return "", err
 	}
 	return string(e.Value()), nil
-}
-
-// Delivery marks, kept by stream sequence, tell a redelivery how the previous one ended. A
-// worker that hands a message back (nak) marks it "decided"; a redelivery marks it "started".
-// A redelivery that finds no mark or a "started" one knows the delivery before it died without
-// an answer — the process crashed or hung on it — and counts it; a decision resets the count.
-const (
-	markStarted = "started"
-	markDecided = "decided"
-)
-
-func markKey(streamSeq uint64) string { return "try." + strconv.FormatUint(streamSeq, 10) }
-
-// deliveryStarted records that a redelivery of streamSeq is starting and returns how many
-// deliveries of it have died without an answer so far, this one excluded.
-func (l *ledger) deliveryStarted(ctx context.Context, streamSeq uint64) (int, error) {
-	state, deaths, err := l.readMark(ctx, streamSeq)
-	if err != nil {
-		return 0, err
-	}
-	if state != markDecided {
-		deaths++
-	}
-	return deaths, l.writeMark(ctx, streamSeq, markStarted, deaths)
-}
-
-// deliveryDecided records that a worker handed streamSeq back on purpose. A worker that
-// survived the event to decide about it is evidence that the event does not kill workers, so
-// the count of unanswered deliveries starts again.
-func (l *ledger) deliveryDecided(ctx context.Context, streamSeq uint64) error {
-	return l.writeMark(ctx, streamSeq, markDecided, 0)
-}
-
-func (l *ledger) readMark(ctx context.Context, streamSeq uint64) (state string, deaths int, err error) {
-	e, err := l.kv.Get(ctx, markKey(streamSeq))
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return "", 0, nil
-	}
-	if err != nil {
-		return "", 0, err
-	}
-	state, n, _ := strings.Cut(string(e.Value()), ":")
-	deaths, _ = strconv.Atoi(n)
-	return state, deaths, nil
-}
-
-func (l *ledger) writeMark(ctx context.Context, streamSeq uint64, state string, deaths int) error {
-	_, err := l.kv.Put(ctx, markKey(streamSeq), []byte(state+":"+strconv.Itoa(deaths)))
-	return err
 }

@@ -6,8 +6,6 @@ import (
 	"log/slog"
 	"runtime/debug"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/pamworker/pamworker/events"
 	"github.com/pamworker/pamworker/handlers"
 )
@@ -33,16 +31,16 @@ func recoverHandler(log *slog.Logger) handlers.Middleware {
 	}
 }
 
-// processSafely runs process and, if the worker's own code panics outside a handler, logs it
-// and hands the message back to JetStream rather than losing it or the process.
-func (w *Worker) processSafely(soft, hard context.Context, msg jetstream.Msg) {
+// runSafely runs e through the pipeline and settles it and, if the worker's own code panics
+// outside a handler, logs it and hands the event back to JetStream rather than losing it or
+// the process.
+func (w *Worker) runSafely(ctx context.Context, e *entry) {
 	defer func() {
 		if p := recover(); p != nil {
-			subject, _, _ := origin(msg)
-			w.log.Error("processing panicked; event handed back to JetStream", "subject", subject,
+			w.log.Error("processing panicked; event handed back to JetStream", "subject", e.msg.Subject(),
 				"panic", fmt.Sprint(p), "stack", string(debug.Stack()))
-			_ = msg.NakWithDelay(w.cfg.RedeliveryDelay)
+			w.handBack(e, w.cfg.RedeliveryDelay, deferRetry)
 		}
 	}()
-	w.process(soft, hard, msg)
+	w.settle(ctx, e, w.run(ctx, e))
 }

@@ -68,7 +68,7 @@ func fastConfig() worker.Config {
 		RetryMaxInterval: 50 * time.Millisecond,
 		RetryMaxElapsed:  400 * time.Millisecond,
 		RedeliveryDelay:  100 * time.Millisecond,
-		TargetDownDelay:  150 * time.Millisecond,
+		ProbeInterval:    150 * time.Millisecond,
 		AckWait:          3 * time.Second,
 		ShutdownTimeout:  5 * time.Second,
 		BreakerCooldown:  200 * time.Millisecond,

@@ -32,7 +32,7 @@ type guardConfig struct {
 	threshold  int           // consecutive failed attempts that open the breaker
 	cooldown   time.Duration // first open period
 	maxCool    time.Duration // longest open period
-	downRetry  time.Duration // how soon a locked-out target's waiting events come back
+	probeEvery time.Duration // how often a target that refuses the worker is probed
 	breakerOff bool
 }
 
@@ -86,13 +86,13 @@ func (ts *targetState) admit(name string) (ok, probe bool, wait time.Duration) {
 	return true, true, 0
 }
 
-// waitFor is how long a turned-away event should wait: until the next probe may go, with a
-// floor so a crowd of waiting events does not spin through the stream.
+// waitFor is how long a turned-away event should wait before it may be the next probe; it is
+// woken sooner if the target comes back.
 func (ts *targetState) waitFor(t *target) time.Duration {
 	if t.state == open {
-		return max(t.until.Sub(ts.now()), time.Second)
+		return max(t.until.Sub(ts.now()), 50*time.Millisecond)
 	}
-	return ts.cfg.downRetry
+	return ts.cfg.probeEvery
 }
 
 // attempted records one attempt's outcome for the breaker: failed (retryable) or not. It
@@ -120,6 +120,14 @@ func (ts *targetState) attempted(name string, failed bool) (opened bool) {
 	t.reason = fmt.Sprintf("circuit open after %d consecutive failed attempts", t.fails)
 	ts.gauge.WithLabelValues(name).Set(0)
 	return true
+}
+
+// refused reports whether name refuses the worker (rather than failing).
+func (ts *targetState) refused(name string) bool {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	t := ts.get(name)
+	return t != nil && t.state == refused
 }
 
 // isOpen reports whether events other than the probe should stop calling name.

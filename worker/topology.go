@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -15,10 +18,10 @@ type Topology struct {
 	EventsStream  string        // captures pam.> and element.>
 	ResultsStream string        // captures results.>
 	FailedStream  string        // keeps the original event of every failed result
-	WorkStream    string        // the router's lanes: pamworker.work.<vendor>.<target>.<n>
 	FailedMaxAge  time.Duration // how long failed events are kept for replay
-	Consumer      string        // base name of the durable consumers: <base>-router, <base>-<lane>
+	Consumer      string        // base name of the durable consumers: <base>-p<partition>
 	Bucket        string        // key-value bucket of the ledger
+	MembersBucket string        // key-value bucket of the live replicas (with several partitions)
 	Replicas      int           // for the streams and bucket the worker creates
 	MaxAge        time.Duration // how long events and results are kept
 	DedupWindow   time.Duration // streams' duplicate window (Nats-Msg-Id)
@@ -31,10 +34,10 @@ func DefaultTopology() Topology {
 		EventsStream:  "PAMWORKER_EVENTS",
 		ResultsStream: "PAMWORKER_RESULTS",
 		FailedStream:  "PAMWORKER_FAILED",
-		WorkStream:    "PAMWORKER_WORK",
 		FailedMaxAge:  30 * 24 * time.Hour,
 		Consumer:      "pamworker",
 		Bucket:        "pamworker_ledger",
+		MembersBucket: "pamworker_members",
 		Replicas:      1,
 		MaxAge:        7 * 24 * time.Hour,
 		// The duplicate window equals the ledger TTL: then the stream itself drops a publisher's
@@ -132,15 +135,12 @@ func setup(ctx context.Context, js jetstream.JetStream, t Topology) (jetstream.K
 		Duplicates: t.DedupWindow,
 		Replicas:   t.Replicas,
 	}
-	evs, res, fld, work := base, base, base, base
+	evs, res, fld := base, base, base
 	evs.Name, evs.Subjects, evs.Description = t.EventsStream, eventSubjects, "pamworker action events"
 	res.Name, res.Subjects, res.Description = t.ResultsStream, resultSubjects, "pamworker result events"
 	fld.Name, fld.Subjects, fld.Description = t.FailedStream, failedSubjects, "pamworker failed events, kept for replay"
 	fld.MaxAge = t.FailedMaxAge
-	// Lanes keep their messages for a day after processing (limits retention), for inspection.
-	work.Name, work.Subjects, work.Description = t.WorkStream, []string{workPrefix() + ">"}, "pamworker: events routed to their lanes"
-	work.MaxAge, work.Duplicates = 24*time.Hour, 10*time.Minute
-	for _, cfg := range []jetstream.StreamConfig{evs, res, fld, work} {
+	for _, cfg := range []jetstream.StreamConfig{evs, res, fld} {
 		if err := ensureStream(ctx, js, cfg); err != nil {
 			return nil, err
 		}
@@ -162,48 +162,107 @@ func setup(ctx context.Context, js jetstream.JetStream, t Topology) (jetstream.K
 	return kv, nil
 }
 
-// RouterConsumer is the name of the router's consumer on the events stream.
-func (t Topology) RouterConsumer() string { return t.Consumer + "-router" }
+// PartitionConsumer is the name of partition k's durable consumer on the events stream.
+func (t Topology) PartitionConsumer(k int) string { return t.Consumer + "-p" + strconv.Itoa(k) }
 
-// ensureRouter creates or updates the router's consumer. It hands out one event at a time
-// (MaxAckPending 1) to whichever replica asks, so events are routed in stream order; an event
-// a dead router held comes back after AckWait, before anything newer. (A pinned priority group
-// would allow pipelining, but nats.go's pinned pulls ran at ~140 events/s here; see
-// docs/ordering.md.) An operator's pause survives this update at every start: the server keeps an existing
-// consumer's PauseUntil (nats-server jetstream_api.go); TestPauseResume restarts a worker.
-func ensureRouter(ctx context.Context, js jetstream.JetStream, t Topology, ackWait time.Duration) (jetstream.Consumer, error) {
-	cons, err := js.CreateOrUpdateConsumer(ctx, t.EventsStream, jetstream.ConsumerConfig{
-		Durable:       t.RouterConsumer(),
-		Description:   "pamworker: routes events to their lanes, one at a time",
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       ackWait,
-		MaxDeliver:    -1,
-		MaxAckPending: 1,
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-	})
+// IsOurs reports whether name is one of the worker's consumers on the events stream, of any
+// partition count or of an earlier version (its router).
+func (t Topology) IsOurs(name string) bool { return strings.HasPrefix(name, t.Consumer+"-") }
+
+// priorityGroup is the pinned priority group every replica pulls in: the server hands a
+// partition's events to one replica at a time, and fails over when it stops pulling.
+const priorityGroup = "pamworker"
+
+// consumerSettings is the configuration of partition k's consumer. AckWait is short, and kept
+// alive by InProgress while an event is held; PinnedTTL — how long after a replica stops
+// pulling another may take over — is AckWait too, with a floor above the pull expiry.
+func consumerSettings(t Topology, k int, ackWait time.Duration, maxHeld int) jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:        t.PartitionConsumer(k),
+		Description:    "pamworker: events of partition " + strconv.Itoa(k),
+		AckPolicy:      jetstream.AckExplicitPolicy,
+		AckWait:        ackWait,
+		MaxDeliver:     -1, // events waiting for a target that refuses the worker must not be dropped
+		MaxAckPending:  maxHeld,
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+		PriorityPolicy: jetstream.PriorityPolicyPinned,
+		PriorityGroups: []string{priorityGroup},
+		PinnedTTL:      pinnedTTL(ackWait),
+	}
+}
+
+func pinnedTTL(ackWait time.Duration) time.Duration { return max(ackWait, 3*time.Second) }
+
+// ensureConsumer creates partition k's consumer, or updates the one there, keeping its place
+// in the stream. A new consumer starts at the beginning of the stream — unless another of the
+// worker's consumers already reads it (an earlier partition count, or the router of an earlier
+// version), or this replica saw the consumer before and it was deleted: then it starts where
+// nothing can have been left unanswered, resume (the oldest event this replica still holds or
+// the next after the last it saw) or, failing that, the ledger's TTL back. What was answered
+// in that span is answered from the ledger, what was not runs.
+func ensureConsumer(ctx context.Context, js jetstream.JetStream, t Topology, k int, ackWait time.Duration, maxHeld int, resume position, log *slog.Logger) (jetstream.Consumer, error) {
+	cfg := consumerSettings(t, k, ackWait, maxHeld)
+	if s, err := js.Stream(ctx, t.EventsStream); err == nil && !s.CachedInfo().Created.Equal(resume.created) {
+		resume.seq = 0 // the stream was recreated: its sequences started again
+	}
+	existing, err := js.Consumer(ctx, t.EventsStream, cfg.Durable)
+	switch {
+	case err == nil:
+		old := existing.CachedInfo().Config
+		cfg.DeliverPolicy, cfg.OptStartSeq, cfg.OptStartTime = old.DeliverPolicy, old.OptStartSeq, old.OptStartTime
+		cons, err := js.UpdateConsumer(ctx, t.EventsStream, cfg)
+		if err != nil {
+			return nil, fmt.Errorf("consumer %s on %s: %w", cfg.Durable, t.EventsStream, err)
+		}
+		return cons, nil
+	case !errors.Is(err, jetstream.ErrConsumerNotFound):
+		return nil, fmt.Errorf("consumer %s on %s: %w", cfg.Durable, t.EventsStream, err)
+	}
+	switch {
+	case resume.seq > 0:
+		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, resume.seq
+		log.Warn("consumer was deleted; recreated where this replica was", "consumer", cfg.Durable, "start_sequence", resume.seq)
+	case othersRead(ctx, js, t, k):
+		since := time.Now().Add(-t.LedgerTTL)
+		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &since
+		log.Warn("new consumer on a stream other pamworker consumers read: it starts the ledger's TTL back, and answers what was answered from the ledger",
+			"consumer", cfg.Durable, "start_time", since.UTC())
+	}
+	cons, err := js.CreateConsumer(ctx, t.EventsStream, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("router consumer on %s: %w", t.EventsStream, err)
+		return nil, fmt.Errorf("consumer %s on %s: %w", cfg.Durable, t.EventsStream, err)
 	}
 	return cons, nil
 }
 
-// ensureLane creates or updates the consumer of one lane. An ordered lane hands out one
-// message at a time, so its events run one after the other in publish order: a nak'd message
-// stays pending and is redelivered before anything newer. Deliveries are not capped by the
-// server: events waiting for a target that refuses the worker must not be dropped.
-func ensureLane(ctx context.Context, js jetstream.JetStream, t Topology, lane string, ackWait time.Duration, maxPending int) (jetstream.Consumer, error) {
-	cons, err := js.CreateOrUpdateConsumer(ctx, t.WorkStream, jetstream.ConsumerConfig{
-		Durable:       laneConsumer(t.Consumer, lane),
-		Description:   "pamworker lane " + lane,
-		FilterSubject: lane,
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       ackWait,
-		MaxDeliver:    -1,
-		MaxAckPending: maxPending,
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("lane consumer %s: %w", lane, err)
+// position is where in which stream a recreated consumer resumes: seq, if the stream is still
+// the one created at created.
+type position struct {
+	seq     uint64
+	created time.Time
+}
+
+// streamCreated returns when the events stream was created.
+func streamCreated(ctx context.Context, js jetstream.JetStream, t Topology) time.Time {
+	if s, err := js.Stream(ctx, t.EventsStream); err == nil {
+		return s.CachedInfo().Created
 	}
-	return cons, nil
+	return time.Time{}
+}
+
+// othersRead reports whether a consumer of the worker's other than partition k's reads the
+// events stream.
+func othersRead(ctx context.Context, js jetstream.JetStream, t Topology, k int) bool {
+	s, err := js.Stream(ctx, t.EventsStream)
+	if err != nil {
+		return false
+	}
+	names := s.ConsumerNames(ctx)
+	found := false
+	for name := range names.Name() {
+		if t.IsOurs(name) && name != t.PartitionConsumer(k) {
+			found = true
+		}
+	}
+	return found
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -132,7 +131,8 @@ func serve(ctx context.Context, cfg config.Config, withSandbox bool, log *slog.L
 		AckWait:         cfg.AckWait,
 		ShutdownTimeout: cfg.ShutdownTimeout,
 		StallTimeout:    cfg.StallTimeout,
-		MaxEventAge:     cmp.Or(cfg.MaxEventAge, -1), // 0 in the settings: no limit
+		MaxEventAge:     cfg.MaxEventAge, // 0: no limit
+		Partitions:      cfg.Partitions,
 		Protected:       prot,
 		Topology:        topology(cfg),
 		Targets:         targets,

@@ -508,8 +508,9 @@ func TestTwoReplicasSplitWork(t *testing.T) {
 	t.Parallel()
 	r := newRig(t)
 	r.segura.SetLatency(5 * time.Millisecond)
-	env := append(r.env, "PAMWORKER_CONCURRENCY=4", "PAMWORKER_LOG_LEVEL=warn")
+	env := append(r.env, "PAMWORKER_CONCURRENCY=4", "PAMWORKER_LOG_LEVEL=warn", "PAMWORKER_PARTITIONS=4")
 	a, b := startWorker(t, env), startWorker(t, env)
+	time.Sleep(3 * time.Second) // both see each other in the members list
 
 	const n = 400
 	for i := range n {

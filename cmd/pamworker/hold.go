@@ -22,17 +22,8 @@ func runHold(ctx context.Context, args []string, getenv func(string) string, env
 		return exitUsage
 	}
 	defer nc.Close()
-	kv, err := js.KeyValue(ctx, worker.DefaultTopology().Bucket)
+	now, err := worker.Hold(ctx, js, args[0] == "release")
 	if err != nil {
-		fmt.Fprintln(stderr, "pamworker hold:", err)
-		return exitFailed
-	}
-	key := worker.HoldReleaseKey
-	if args[0] == "cancel" {
-		key = worker.HoldCancelKey
-	}
-	now := time.Now().UTC()
-	if _, err := kv.Put(ctx, key, []byte(now.Format(time.RFC3339Nano))); err != nil {
 		fmt.Fprintln(stderr, "pamworker hold:", err)
 		return exitFailed
 	}

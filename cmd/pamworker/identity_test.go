@@ -207,7 +207,7 @@ func TestNATSIdentities(t *testing.T) {
 			t.Error("the worker's identity purged the results stream")
 		}
 	}
-	if _, err := wjs.PauseConsumer(denied(), "PAMWORKER_EVENTS", "pamworker-router", time.Now().Add(time.Hour)); err == nil {
+	if _, err := wjs.PauseConsumer(denied(), "PAMWORKER_EVENTS", "pamworker-p0", time.Now().Add(time.Hour)); err == nil {
 		t.Error("the worker's identity paused its consumer")
 	}
 	for _, key := range []string{"$KV.pamworker_ledger.hold.release", "$KV.pamworker_ledger.hold.cancel", "$KV.pamworker_ledger.replay.0123"} {
@@ -230,7 +230,7 @@ func TestNATSIdentities(t *testing.T) {
 			t.Errorf("results stream holds %d messages, want the 3 real results", s.CachedInfo().State.Msgs)
 		}
 	}
-	if c, err := wjs.Consumer(ctx, "PAMWORKER_EVENTS", "pamworker-router"); err != nil || c.CachedInfo().Paused {
+	if c, err := wjs.Consumer(ctx, "PAMWORKER_EVENTS", "pamworker-p0"); err != nil || c.CachedInfo().Paused {
 		t.Errorf("consumer paused or gone: %v", err)
 	}
 

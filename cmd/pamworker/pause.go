@@ -37,44 +37,22 @@ func runPause(ctx context.Context, resume bool, args []string, getenv func(strin
 		return exitUsage
 	}
 	defer nc.Close()
-	t := worker.DefaultTopology()
-	// The router and every lane: pausing only the router would let the lanes run what it had
-	// already routed.
-	names := []string{t.RouterConsumer()}
-	streams := []string{t.EventsStream}
-	if ws, err := js.Stream(ctx, t.WorkStream); err == nil {
-		lister := ws.ConsumerNames(ctx)
-		for name := range lister.Name() {
-			names, streams = append(names, name), append(streams, t.WorkStream)
-		}
-	}
-	for i, name := range names {
-		var err error
-		if resume {
-			_, err = js.ResumeConsumer(ctx, streams[i], name)
-		} else {
-			_, err = js.PauseConsumer(ctx, streams[i], name, until)
-		}
-		if err != nil {
-			fmt.Fprintf(stderr, "pamworker %s: %s: %v\n", cmdName(resume), name, err)
-			return exitFailed
-		}
-	}
 	if resume {
-		fmt.Fprintln(stdout, "resumed: workers take events again")
-		return exitOK
-	}
-	if until.After(time.Now().AddDate(50, 0, 0)) {
-		fmt.Fprintln(stdout, "paused: no worker takes events until `pamworker resume`; they wait in the stream")
+		err = worker.Resume(ctx, js)
 	} else {
+		err = worker.Pause(ctx, js, until)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "pamworker %s: %v\n", name, err)
+		return exitFailed
+	}
+	switch {
+	case resume:
+		fmt.Fprintln(stdout, "resumed: workers take events again")
+	case until.After(time.Now().AddDate(50, 0, 0)):
+		fmt.Fprintln(stdout, "paused: no worker takes events until `pamworker resume`; they wait in the stream")
+	default:
 		fmt.Fprintf(stdout, "paused until %s: events wait in the stream; `pamworker resume` ends it sooner\n", until.UTC().Format(time.RFC3339))
 	}
 	return exitOK
-}
-
-func cmdName(resume bool) string {
-	if resume {
-		return "resume"
-	}
-	return "pause"
 }

@@ -195,7 +195,7 @@ func TestClassification(t *testing.T) {
 				return
 			}
 			kind, re, pe, de := handlers.Classify(err)
-			if kind != tc.kind {
+			if kind.String() != tc.kind {
 				t.Fatalf("Handle = %v (%T), want %s", err, err, tc.kind)
 			}
 			var ve handlers.VendorError
@@ -353,7 +353,7 @@ func TestSandboxFaults(t *testing.T) {
 			r.sim.FailNext(1, tc.fault)
 			_, err := r.client.Handle(context.Background(), deleteEvent(sandbox.ElementAdminUser, ""))
 			kind, re, _, _ := handlers.Classify(err)
-			if kind != tc.kind {
+			if kind.String() != tc.kind {
 				t.Fatalf("Handle = %v, want %s", err, tc.kind)
 			}
 			if re != nil && (re.Reason != tc.reason || re.After != tc.after) {

@@ -32,7 +32,7 @@ func FuzzClassify(f *testing.F) {
 		h.Set("Retry-After", retryAfter)
 		out, _, err := classify(operation(op%4), status, h, []byte(body), time.Unix(1_800_000_000, 0))
 		kind, re, pe, de := handlers.Classify(err)
-		switch kind {
+		switch kind.String() {
 		case "":
 			if (status < 200 || status > 299) && !out.Noop {
 				t.Fatalf("HTTP %d %q classified as a plain success", status, body)

@@ -217,7 +217,7 @@ func TestClassification(t *testing.T) {
 				return
 			}
 			kind, re, pe, de := handlers.Classify(err)
-			if outcomeKind(kind) != tc.kind {
+			if outcomeKind(kind.String()) != tc.kind {
 				t.Fatalf("Handle = %+v, %v (%T); want %s", out, err, err, tc.kind)
 			}
 			var ve handlers.VendorError

@@ -292,7 +292,7 @@ func TestPersistent401IsTargetDown(t *testing.T) {
 	r.sim.ExpireTokens()
 	_, err := r.client.Handle(context.Background(), credential(events.CredentialDisable, 2))
 	kind, _, _, de := handlers.Classify(err)
-	if kind != "down" {
+	if kind.String() != "down" {
 		t.Fatalf("Handle = %v (%T), want target down", err, err)
 	}
 	if de.Code != "invalid_client" {
@@ -358,7 +358,7 @@ func TestTokenEndpointFailures(t *testing.T) {
 			t.Cleanup(srv.Close)
 			_, err := newClient(t, srv.URL, nil).Handle(context.Background(), credential(events.CredentialDisable, 1))
 			kind, re, _, _ := handlers.Classify(err)
-			if outcomeKind(kind) != tc.kind {
+			if outcomeKind(kind.String()) != tc.kind {
 				t.Fatalf("Handle = %v (%T), want %s", err, err, tc.kind)
 			}
 			if re != nil && (re.Reason != tc.reason || re.After != tc.after) {

@@ -199,7 +199,7 @@ func TestSessionListFailures(t *testing.T) {
 	r := setup(t, sandbox.SeguraOptions{}, ownerGuard)
 	r.sim.FailNext(1, sandbox.Fault{Status: http.StatusServiceUnavailable})
 	_, err := r.client.Handle(context.Background(), drop(sandbox.SandboxSessions()[0], false))
-	if kind, _, _, _ := handlers.Classify(err); kind != "retry" || r.sim.CallsTo("DELETE", "") != 0 {
+	if kind, _, _, _ := handlers.Classify(err); kind.String() != "retry" || r.sim.CallsTo("DELETE", "") != 0 {
 		t.Fatalf("list answered 503: %v (%s), %d DELETEs", err, kind, r.sim.CallsTo("DELETE", ""))
 	}
 
@@ -215,7 +215,7 @@ func TestSessionListFailures(t *testing.T) {
 		url := listServer(t, tc.body, &sends)
 		c := newClient(t, url, ownerGuard)
 		_, err := c.Handle(context.Background(), drop("e95d6160bbfbe6f1594bd0ff29d102dc", false))
-		if kind, _, _, _ := handlers.Classify(err); kind != tc.kind || sends.Load() != 0 {
+		if kind, _, _, _ := handlers.Classify(err); kind.String() != tc.kind || sends.Load() != 0 {
 			t.Errorf("%s: %v (%s), want %s; %d drops sent", tc.name, err, kind, tc.kind, sends.Load())
 		}
 	}

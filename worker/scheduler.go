@@ -1,0 +1,272 @@
+package worker
+
+import (
+	"slices"
+	"sync"
+	"time"
+)
+
+// scheduler holds the events a replica has taken, one FIFO queue per object in stream order,
+// and decides what runs. Only the head of an object's queue ever runs or waits; the events
+// behind it wait for it, and for nothing else. A head that must wait — for a retry, a limit's
+// window, a target that is down — leaves the runners free for everyone else and comes back when
+// its time comes or something wakes it: the target comes back, an operator releases held
+// events, consumption resumes.
+type scheduler struct {
+	mu      sync.Mutex
+	cond    *sync.Cond
+	objects map[string][]*entry // by object key; the head is [0]
+	ready   []*entry            // heads that may run now, oldest first
+	held    map[*entry]bool     // heads waiting for a blast-radius window
+	down    map[string]map[*entry]bool
+	paused  bool
+	closed  bool
+}
+
+func newScheduler(int) *scheduler {
+	s := &scheduler{objects: map[string][]*entry{}, held: map[*entry]bool{}, down: map[string]map[*entry]bool{}}
+	s.cond = sync.NewCond(&s.mu)
+	return s
+}
+
+// add queues e behind the earlier events about its object; it is ready at once if there are
+// none.
+func (s *scheduler) add(e *entry) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e.kept = time.Now()
+	q := append(s.objects[e.key], e)
+	s.objects[e.key] = q
+	if len(q) == 1 {
+		s.readyLocked(e)
+	}
+}
+
+func (s *scheduler) readyLocked(e *entry) {
+	e.state = stateReady
+	s.ready = append(s.ready, e)
+	s.cond.Signal()
+}
+
+// next returns the oldest ready event, waiting for one; nil once the scheduler is closed.
+func (s *scheduler) next() *entry {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for !s.closed && (s.paused || len(s.ready) == 0) {
+		s.cond.Wait()
+	}
+	if s.closed {
+		return nil
+	}
+	e := s.ready[0]
+	s.ready[0] = nil
+	s.ready = s.ready[1:]
+	e.state = stateRunning
+	return e
+}
+
+// done removes e, a settled head, and makes the next event about its object ready.
+func (s *scheduler) done(e *entry) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.removeLocked(e)
+}
+
+func (s *scheduler) removeLocked(e *entry) {
+	e.state = stateGone
+	s.stopWaitLocked(e)
+	q := s.objects[e.key]
+	i := slices.Index(q, e)
+	if i < 0 {
+		return // not held here (taken behind a fence, or removed already)
+	}
+	q = append(q[:i:i], q[i+1:]...)
+	if len(q) == 0 {
+		delete(s.objects, e.key)
+		return
+	}
+	s.objects[e.key] = q
+	if q[0].state == stateQueued {
+		s.readyLocked(q[0])
+	}
+}
+
+// wait parks e, a head, until until (zero: until woken), for reason; a held event is woken by
+// an operator's hold decision too, and one waiting for target by that target coming back.
+func (s *scheduler) wait(e *entry, until time.Time, held bool, target string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || e.state == stateGone {
+		return
+	}
+	e.state = stateWaiting
+	e.wake++
+	token := e.wake
+	if held {
+		s.held[e] = true
+	}
+	if target != "" {
+		if s.down[target] == nil {
+			s.down[target] = map[*entry]bool{}
+		}
+		s.down[target][e] = true
+		e.downOn = target
+	}
+	if !until.IsZero() {
+		e.timer = time.AfterFunc(time.Until(until), func() { s.wakeIf(e, token) })
+	}
+}
+
+func (s *scheduler) wakeIf(e *entry, token int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e.wake == token && e.state == stateWaiting {
+		s.stopWaitLocked(e)
+		s.readyLocked(e)
+	}
+}
+
+func (s *scheduler) stopWaitLocked(e *entry) {
+	if e.timer != nil {
+		e.timer.Stop()
+		e.timer = nil
+	}
+	delete(s.held, e)
+	if e.downOn != "" {
+		delete(s.down[e.downOn], e)
+		e.downOn = ""
+	}
+}
+
+// wakeHeld makes every held event ready: an operator released or cancelled held events.
+func (s *scheduler) wakeHeld() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for e := range s.held {
+		s.stopWaitLocked(e)
+		s.readyLocked(e)
+	}
+}
+
+// wakeTarget makes every event waiting for target ready: it accepts the worker again.
+func (s *scheduler) wakeTarget(target string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for e := range s.down[target] {
+		s.stopWaitLocked(e)
+		s.readyLocked(e)
+	}
+}
+
+// setPaused stops or resumes starting events; running ones are not touched.
+func (s *scheduler) setPaused(paused bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.paused != paused {
+		s.paused = paused
+		s.cond.Broadcast()
+	}
+}
+
+// stale returns the events held for longer than every since they were last kept alive, and
+// marks them kept.
+func (s *scheduler) stale(every time.Duration) []*entry {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := time.Now()
+	var out []*entry
+	for _, q := range s.objects {
+		for _, e := range q {
+			if now.Sub(e.kept) >= every {
+				e.kept = now
+				out = append(out, e)
+			}
+		}
+	}
+	return out
+}
+
+// release removes and returns the events of partition p that are not running, so that they
+// can be handed back to JetStream (p lost its pin to another replica).
+func (s *scheduler) release(p *partition) []*entry {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []*entry
+	for _, q := range s.objects {
+		for _, e := range q {
+			if e.part == p && e.state != stateRunning {
+				out = append(out, e)
+			}
+		}
+	}
+	for _, e := range out {
+		s.removeLocked(e)
+	}
+	s.dropReadyLocked()
+	return out
+}
+
+// dropReadyLocked removes gone events from the ready queue.
+func (s *scheduler) dropReadyLocked() {
+	kept := s.ready[:0]
+	for _, e := range s.ready {
+		if e.state == stateReady {
+			kept = append(kept, e)
+		}
+	}
+	clear(s.ready[len(kept):])
+	s.ready = kept
+}
+
+// close stops handing out events; runners return once their event is settled.
+func (s *scheduler) close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	s.cond.Broadcast()
+}
+
+// drain removes and returns every event still held, once the runners have stopped.
+func (s *scheduler) drain() []*entry {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []*entry
+	for _, q := range s.objects {
+		out = append(out, q...)
+	}
+	for _, e := range out {
+		s.stopWaitLocked(e)
+		e.state = stateGone
+	}
+	s.objects, s.ready = map[string][]*entry{}, nil
+	return out
+}
+
+// lowest returns the lowest stream sequence of p's events held here; 0 if none.
+func (s *scheduler) lowest(p *partition) uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var low uint64
+	for _, q := range s.objects {
+		for _, e := range q {
+			if e.part == p && (low == 0 || e.seq < low) {
+				low = e.seq
+			}
+		}
+	}
+	return low
+}
+
+// counts returns how many events are held and how many of them wait for a limit or a target.
+func (s *scheduler) counts() (held, waiting int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, q := range s.objects {
+		held += len(q)
+	}
+	waiting = len(s.held)
+	for _, m := range s.down {
+		waiting += len(m)
+	}
+	return held, waiting
+}
