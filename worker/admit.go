@@ -12,7 +12,7 @@ import (
 // nothing it carries — its id least of all — may decide what happens to another event.
 func (w *Worker) admit(_ context.Context, e *entry) verdict {
 	if rej := w.cfg.Signatures.Check(e.msg.Subject(), e.msg.Headers().Get, e.msg.Data(), e.ev.ID); rej != nil {
-		e.log.Warn("event refused: signature", "code", rej.Code, "reason", rej.Message)
+		e.logger().Warn("event refused: signature", "code", rej.Code, "reason", rej.Message)
 		return answerWith(rejected(e.ev, rej), false)
 	}
 	var rej *events.Rejection

@@ -2,7 +2,6 @@ package worker
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -21,7 +20,10 @@ const DigestHeader = "Pamworker-Digest"
 // publishes it on results.<action> and the reply inbox, and keeps the original of a failed
 // event for replay. It reports whether the answer is durable; the caller then settles e.
 func (w *Worker) publish(ctx context.Context, e *entry, v verdict) bool {
-	r := resultMsg{ev: e.ev, data: v.raw, msgID: events.ResultMsgID(e.ev.ID)}
+	r := resultMsg{ev: e.ev, digest: e.digest, data: v.raw, msgID: v.rawMsgID}
+	if r.msgID == "" {
+		r.msgID = events.ResultMsgID(e.ev.ID)
+	}
 	res := v.res
 	var keep []*nats.Msg
 	if v.raw == nil {
@@ -33,7 +35,7 @@ func (w *Worker) publish(ctx context.Context, e *entry, v verdict) bool {
 			if marked, err := w.ledger.replayOf(ctx, e.ev.ID); err == nil && marked == of {
 				res.Details["replay_of"] = of
 			} else {
-				e.log.Warn("Pamworker-Replay-Of header not confirmed by a replay mark; ignored", "claimed_replay_of", of)
+				e.logger().Warn("Pamworker-Replay-Of header not confirmed by a replay mark; ignored", "claimed_replay_of", of)
 			}
 		}
 		data, err := res.Marshal()
@@ -42,19 +44,25 @@ func (w *Worker) publish(ctx context.Context, e *entry, v verdict) bool {
 			data, _ = res.Marshal()
 		}
 		r.data = data
-		if v.record {
-			r.record = encodeRecord(e.ev.Digest(), data)
-		} else {
-			// Not recorded: its message id names the stream message it answers, so it never
-			// takes the place of another event's result with the same id.
+		if !v.record || !e.strict() {
+			// Not recorded, or its id only in its payload: its message id names the stream
+			// message it answers, so it never takes the place of the result of another event
+			// with the same id — an event whose Nats-Msg-Id is that id (see repeat).
 			r.msgID = "result@" + strconv.FormatUint(e.seq, 10) + ":" + e.ev.ID
+		}
+		if v.record {
+			own := ""
+			if r.msgID != events.ResultMsgID(e.ev.ID) {
+				own = r.msgID
+			}
+			r.record = encodeRecord(e.digest, own, data)
 		}
 		if res.Status == events.Failed {
 			keep = append(keep, failedRecordMsg(e, data))
 		}
 	}
 	if err := w.publishResult(ctx, r, keep...); err != nil {
-		e.log.Error("result could not be stored; the event waits and it is tried again", "error", err)
+		e.logger().Error("result could not be stored; the event waits and it is tried again", "error", err)
 		return false
 	}
 	if v.raw != nil {
@@ -72,9 +80,9 @@ func (w *Worker) publish(ctx context.Context, e *entry, v verdict) bool {
 		attrs = append(attrs, "correlation_id", res.CorrelationID)
 	}
 	if res.Status == events.Succeeded {
-		e.log.Info("event finished", attrs...)
+		e.logger().Info("event finished", attrs...)
 	} else {
-		e.log.Warn("event finished", attrs...)
+		e.logger().Warn("event finished", attrs...)
 	}
 	return true
 }
@@ -83,6 +91,7 @@ func (w *Worker) publish(ctx context.Context, e *entry, v verdict) bool {
 // and the results stream's message id.
 type resultMsg struct {
 	ev     events.Event
+	digest string
 	data   []byte
 	record []byte
 	msgID  string
@@ -101,7 +110,7 @@ func (w *Worker) publishResult(ctx context.Context, r resultMsg, extra ...*nats.
 		}
 		futures = append(futures, rec)
 	}
-	digest := r.ev.Digest()
+	digest := r.digest
 	pub, err := w.js.PublishMsgAsync(&nats.Msg{
 		Subject: events.ResultSubject(r.ev.Action),
 		Header:  nats.Header{jetstream.MsgIDHeader: []string{r.msgID}, DigestHeader: []string{digest}},
@@ -118,15 +127,11 @@ func (w *Worker) publishResult(ctx context.Context, r resultMsg, extra ...*nats.
 		}
 		futures = append(futures, f)
 	}
-	timeout := time.NewTimer(10 * time.Second)
-	defer timeout.Stop()
-	for _, f := range futures {
+	for _, f := range futures { // each times out by itself (publishAckTimeout)
 		select {
 		case <-f.Ok():
 		case err := <-f.Err():
 			return err
-		case <-timeout.C:
-			return errors.New("no acknowledgement from JetStream in 10s")
 		case <-ctx.Done():
 			return ctx.Err()
 		}

@@ -46,13 +46,13 @@ func (w *Worker) call(ctx context.Context, e *entry) verdict {
 		refusedBy = de.Error()
 	}
 	if w.targets.attempted(tgt, kind == handlers.Retry) {
-		e.log.Error("target keeps failing; its circuit is open and its events wait", "target", tgt, "error", err.Error())
+		e.logger().Error("target keeps failing; its circuit is open and its events wait", "target", tgt, "error", err.Error())
 	}
 	if w.targets.done(tgt, e.probe, accepted, refusedBy, kind == handlers.Retry) {
 		if refusedBy != "" {
-			e.log.Error("target refuses the worker; its events wait until it accepts the worker again", "target", tgt, "error", refusedBy)
+			e.logger().Error("target refuses the worker; its events wait until it accepts the worker again", "target", tgt, "error", refusedBy)
 		} else if accepted {
-			e.log.Info("target accepts the worker again", "target", tgt)
+			e.logger().Info("target accepts the worker again", "target", tgt)
 			w.sched.wakeTarget(tgt)
 		}
 	}
@@ -91,7 +91,7 @@ func (w *Worker) call(ctx context.Context, e *entry) verdict {
 	if time.Since(t.start)+delay <= w.cfg.RetryMaxElapsed {
 		w.m.retries.WithLabelValues(e.ev.Action, string(re.Reason)).Inc()
 		if s := err.Error(); s != t.lastErr {
-			e.log.Warn("attempt failed; retrying", "attempt", t.attempts, "error", s, "wait", delay.String())
+			e.logger().Warn("attempt failed; retrying", "attempt", t.attempts, "error", s, "wait", delay.String())
 			t.lastErr = s
 		}
 		return waitUntil(time.Now().Add(delay), deferRetry)
@@ -99,11 +99,11 @@ func (w *Worker) call(ctx context.Context, e *entry) verdict {
 	// This budget is spent.
 	n, lerr := w.ledger.spend(ctx, e.ev.ID)
 	if lerr != nil {
-		e.log.Warn("ledger unavailable; event waits", "error", lerr)
+		e.logger().Warn("ledger unavailable; event waits", "error", lerr)
 		return waitUntil(time.Now().Add(time.Second), deferLedger)
 	}
 	if n < w.cfg.MaxDeliveries {
-		e.log.Warn("retries spent; the event waits and tries again", "budgets_spent", n,
+		e.logger().Warn("retries spent; the event waits and tries again", "budgets_spent", n,
 			"max_deliveries", w.cfg.MaxDeliveries, "error", err.Error())
 		e.try = nil // a fresh budget after the wait
 		return waitUntil(time.Now().Add(max(re.After, w.cfg.RedeliveryDelay*time.Duration(n))), deferRetriesSpent)

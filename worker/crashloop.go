@@ -31,14 +31,14 @@ func (w *Worker) crashLoop(ctx context.Context, e *entry) verdict {
 	}
 	deaths, err := w.ledger.started(ctx, e.seq)
 	if err != nil {
-		e.log.Warn("ledger unavailable for the crash-loop check; going on", "error", err)
+		e.logger().Warn("ledger unavailable for the crash-loop check; going on", "error", err)
 		return next()
 	}
 	e.marked = true
 	if deaths < crashLimit {
 		return next()
 	}
-	e.log.Error("event keeps killing or hanging the worker; failing it without running it again",
+	e.logger().Error("event keeps killing or hanging the worker; failing it without running it again",
 		"deliveries", e.delivered, "unanswered_deliveries", deaths)
 	res := events.NewResult(e.ev)
 	res.Status = events.Failed
@@ -83,7 +83,7 @@ func (l *ledger) decided(e *entry) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	if _, err := l.kv.Put(ctx, markKey(e.seq), []byte(markDecided+":0")); err != nil {
-		e.log.Warn("could not mark a decided delivery", "error", err)
+		e.logger().Warn("could not mark a decided delivery", "error", err)
 	}
 	e.marked = false
 }

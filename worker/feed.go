@@ -163,7 +163,7 @@ func (p *partition) messages(ctx context.Context) (jetstream.MessagesContext, er
 	}
 	expiry := max(pinnedTTL(w.cfg.AckWait)/3, time.Second)
 	iter, err := cons.Messages(jetstream.PullPriorityGroup(priorityGroup),
-		jetstream.PullMaxMessages(min(w.cfg.MaxHeld, 512)), jetstream.PullExpiry(expiry))
+		jetstream.PullMaxMessages(min(w.cfg.MaxHeld, max(64, 2*w.cfg.Concurrency))), jetstream.PullExpiry(expiry))
 	if err != nil {
 		p.forget(err)
 		return nil, err
@@ -225,6 +225,7 @@ func (p *partition) take(ctx context.Context, iter jetstream.MessagesContext) {
 			_ = msg.Nak() // taken while shutting down: to another replica at once
 			continue
 		}
+		w.sched.waitRoom(4 * w.cfg.Concurrency)
 		e := w.newEntry(msg, p)
 		if w.cfg.Partitions > 1 && partitionOf(e.key, w.cfg.Partitions) != p.k {
 			_ = msg.Ack() // another partition's event: its own consumer delivers it there

@@ -9,6 +9,8 @@ import (
 	"strconv"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/pamworker/pamworker/events"
 )
 
 // ledger remembers, in a JetStream key-value bucket with a TTL, the result of every finished
@@ -37,6 +39,7 @@ func keyOf(kind, eventID string) string {
 // it only if it is the same event.
 type record struct {
 	Digest string          `json:"digest"`
+	MsgID  string          `json:"msg_id,omitempty"` // the result's message id, if not result:<event id>
 	Result json.RawMessage `json:"result"`
 }
 
@@ -58,10 +61,29 @@ func (l *ledger) result(ctx context.Context, eventID string) (*record, error) {
 	return &r, nil
 }
 
-// encodeRecord is the ledger value recording result for an event of digest.
-func encodeRecord(digest string, result []byte) []byte {
-	b, _ := json.Marshal(record{Digest: digest, Result: result})
-	return b
+// encodeRecord is the ledger value recording result (valid JSON) for an event of digest: the
+// JSON of record, written out by hand (json.Marshal would compact the result again).
+func encodeRecord(digest, msgID string, result []byte) []byte {
+	b := make([]byte, 0, len(result)+len(digest)+len(msgID)+48)
+	b = append(b, `{"digest":"`...)
+	b = append(b, digest...)
+	if msgID != "" {
+		b = append(b, `","msg_id":`...)
+		b = strconv.AppendQuote(b, msgID)
+		b = append(b, `,"result":`...)
+	} else {
+		b = append(b, `","result":`...)
+	}
+	b = append(b, result...)
+	return append(b, '}')
+}
+
+// resultMsgID is the message id the result of r was published with.
+func (r *record) resultMsgID(eventID string) string {
+	if r.MsgID != "" {
+		return r.MsgID
+	}
+	return events.ResultMsgID(eventID)
 }
 
 // recordSubject is the subject a result is published to for it to be stored under eventID. A

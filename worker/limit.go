@@ -28,12 +28,12 @@ func (w *Worker) limit(ctx context.Context, e *entry) verdict {
 	decision, until, err := w.holds.admit(ctx, e.ev, lim, e.received)
 	switch {
 	case err != nil:
-		e.log.Warn("ledger unavailable for the blast-radius limit; event waits", "error", err)
+		e.logger().Warn("ledger unavailable for the blast-radius limit; event waits", "error", err)
 		return waitUntil(time.Now().Add(time.Second), deferLedger)
 	case decision == holdIt:
 		if e.heldSince.IsZero() {
 			e.heldSince = time.Now()
-			e.log.Warn("event held: blast-radius limit reached; it waits", "target", e.ev.Target,
+			e.logger().Warn("event held: blast-radius limit reached; it waits", "target", e.ev.Target,
 				"requested_by", e.ev.RequestedBy, "limit", lim.String(), "retry_at", until.UTC().Format(time.RFC3339Nano))
 		}
 		w.m.held.WithLabelValues(actionLabel(e.ev.Action)).Inc()

@@ -25,7 +25,9 @@ type entry struct {
 	decodeErr error
 	generated string // the id made up for an event that carries none
 	key       string // its object, the unit of ordering
-	log       *slog.Logger
+	digest    string // of the event, once it decodes (events.Event.Digest)
+	w         *Worker
+	log       *slog.Logger // made when first needed: most events log nothing below info
 
 	// Pipeline state, kept across waits.
 	step      int         // the next step to run
@@ -88,14 +90,15 @@ const firstGate = 3
 // verdict is what a step decides. verdictProceed goes on to the next step; every other kind ends the
 // run, and settle turns it into the one ack decision.
 type verdict struct {
-	kind   verdictKind
-	res    events.Result
-	record bool   // answer: keep the result in the ledger
-	raw    []byte // answer: a result recorded earlier, republished as it is
-	until  time.Time
-	reason deferReason
-	target string // wait: the target whose return wakes it
-	delay  time.Duration
+	kind     verdictKind
+	res      events.Result
+	record   bool   // answer: keep the result in the ledger
+	raw      []byte // answer: a result recorded earlier, republished as it is
+	rawMsgID string // with the message id it was published with
+	until    time.Time
+	reason   deferReason
+	target   string // wait: the target whose return wakes it
+	delay    time.Duration
 }
 
 type verdictKind int
@@ -206,7 +209,7 @@ func (w *Worker) handBack(e *entry, delay time.Duration, reason deferReason) {
 		err = e.msg.Nak()
 	}
 	if err != nil {
-		e.log.Warn("nak failed; JetStream will redeliver after AckWait", "error", err)
+		e.logger().Warn("nak failed; JetStream will redeliver after AckWait", "error", err)
 	}
 	w.m.redeliver.WithLabelValues(actionLabel(e.ev.Action), string(reason)).Inc()
 	w.sched.done(e)
@@ -232,8 +235,17 @@ func (w *Worker) newEntry(msg jetstream.Msg, p *partition) *entry {
 		return e.generated
 	})
 	e.key = objectKey(e)
-	e.log = w.log.With("event_id", e.ev.ID, "action", e.ev.Action)
+	e.digest = e.ev.Digest()
+	e.w = w
 	return e
+}
+
+// logger returns the event's logger, with its id and action.
+func (e *entry) logger() *slog.Logger {
+	if e.log == nil {
+		e.log = e.w.log.With("event_id", e.ev.ID, "action", e.ev.Action)
+	}
+	return e.log
 }
 
 // objectKey names what an event acts on, the unit of ordering: the same session, credential

@@ -17,7 +17,7 @@ func (w *Worker) protect(_ context.Context, e *entry) verdict {
 
 // refuseProtected answers an event against a protected object: rejected, logged and counted.
 func (w *Worker) refuseProtected(e *entry, res events.Result) verdict {
-	e.log.Warn("event against a protected object refused", "target", e.ev.Target, "reason", res.Message,
+	e.logger().Warn("event against a protected object refused", "target", e.ev.Target, "reason", res.Message,
 		"requested_by", e.ev.RequestedBy, "correlation_id", e.ev.CorrelationID)
 	w.m.protected.WithLabelValues(actionLabel(e.ev.Action)).Inc()
 	return answerWith(res, true)

@@ -6,30 +6,46 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/pamworker/pamworker/events"
 )
 
 // repeat answers a repeated event from the ledger: only when it is the same event (the
 // record's digest is its digest); another event under a used id is refused, never answered as
-// done. A generated id is new by construction.
+// done.
+//
+// Two kinds of events need no read. A generated id is new by construction. And an event whose
+// Nats-Msg-Id is its event id, on its first delivery, cannot have been preceded by another
+// such event with that id while the stream's duplicate window covers the ledger's TTL: the
+// stream would have dropped it (its publisher was told, and `pamworker send` shows the
+// recorded result or the conflict). An earlier event that carried the id only in its payload
+// may exist; it cannot claim the id from this one: its result was published under a message
+// id of its own (see publish), and this event runs.
 func (w *Worker) repeat(ctx context.Context, e *entry) verdict {
-	if e.ev.ID == e.generated {
+	if e.ev.ID == e.generated || (w.dedupCoversLedger && e.strict() && e.delivered == 1) {
 		return next()
 	}
 	prior, err := w.ledger.result(ctx, e.ev.ID)
 	switch {
 	case err != nil:
-		e.log.Warn("ledger unavailable; event waits", "error", err)
+		e.logger().Warn("ledger unavailable; event waits", "error", err)
 		return waitUntil(time.Now().Add(time.Second), deferLedger)
 	case prior == nil:
 		return next()
-	case prior.Digest == e.ev.Digest():
+	case prior.Digest == e.digest:
 		w.m.duplicates.WithLabelValues(actionLabel(e.ev.Action)).Inc()
-		e.log.Info("duplicate event answered from the ledger; vendor not called")
-		return verdict{kind: verdictAnswer, raw: prior.Result}
+		e.logger().Info("duplicate event answered from the ledger; vendor not called")
+		return verdict{kind: verdictAnswer, raw: prior.Result, rawMsgID: prior.resultMsgID(e.ev.ID)}
 	}
-	e.log.Warn("event refused: its id is already the id of another event", "code", events.CodeIDConflict)
+	e.logger().Warn("event refused: its id is already the id of another event", "code", events.CodeIDConflict)
 	return answerWith(rejected(e.ev, idConflict(e.ev, prior.Result)), false)
+}
+
+// strict reports whether the event's id is its Nats-Msg-Id (or generated): the stream's
+// duplicate detection then applies to the id itself.
+func (e *entry) strict() bool {
+	return e.ev.ID == e.generated || e.ev.ID == e.msg.Headers().Get(jetstream.MsgIDHeader)
 }
 
 // idConflict is the rejection of an event whose id an earlier, different event already has.

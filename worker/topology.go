@@ -202,15 +202,19 @@ func pinnedTTL(ackWait time.Duration) time.Duration { return max(ackWait, 3*time
 // in that span is answered from the ledger, what was not runs.
 func ensureConsumer(ctx context.Context, js jetstream.JetStream, t Topology, k int, ackWait time.Duration, maxHeld int, resume position, log *slog.Logger) (jetstream.Consumer, error) {
 	cfg := consumerSettings(t, k, ackWait, maxHeld)
-	if s, err := js.Stream(ctx, t.EventsStream); err == nil && !s.CachedInfo().Created.Equal(resume.created) {
-		resume.seq = 0 // the stream was recreated: its sequences started again
+	stream, err := js.Stream(ctx, t.EventsStream)
+	if err != nil {
+		return nil, fmt.Errorf("stream %s: %w", t.EventsStream, err)
 	}
-	existing, err := js.Consumer(ctx, t.EventsStream, cfg.Durable)
+	if !stream.CachedInfo().Created.Equal(resume.created) {
+		resume.seq = 0 // another stream by that name: its sequences started again
+	}
+	existing, err := stream.Consumer(ctx, cfg.Durable)
 	switch {
 	case err == nil:
 		old := existing.CachedInfo().Config
 		cfg.DeliverPolicy, cfg.OptStartSeq, cfg.OptStartTime = old.DeliverPolicy, old.OptStartSeq, old.OptStartTime
-		cons, err := js.UpdateConsumer(ctx, t.EventsStream, cfg)
+		cons, err := stream.UpdateConsumer(ctx, cfg)
 		if err != nil {
 			return nil, fmt.Errorf("consumer %s on %s: %w", cfg.Durable, t.EventsStream, err)
 		}
@@ -222,17 +226,29 @@ func ensureConsumer(ctx context.Context, js jetstream.JetStream, t Topology, k i
 	case resume.seq > 0:
 		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, resume.seq
 		log.Warn("consumer was deleted; recreated where this replica was", "consumer", cfg.Durable, "start_sequence", resume.seq)
-	case othersRead(ctx, js, t, k):
+	case othersRead(ctx, stream, t, k):
 		since := time.Now().Add(-t.LedgerTTL)
 		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &since
 		log.Warn("new consumer on a stream other pamworker consumers read: it starts the ledger's TTL back, and answers what was answered from the ledger",
 			"consumer", cfg.Durable, "start_time", since.UTC())
 	}
-	cons, err := js.CreateConsumer(ctx, t.EventsStream, cfg)
+	cons, err := stream.CreateConsumer(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("consumer %s on %s: %w", cfg.Durable, t.EventsStream, err)
 	}
 	return cons, nil
+}
+
+// dedupAndTTL returns the events stream's duplicate window and the ledger's TTL, as they are
+// (an operator may have created them).
+func dedupAndTTL(ctx context.Context, js jetstream.JetStream, t Topology, kv jetstream.KeyValue) (window, ttl time.Duration) {
+	if s, err := js.Stream(ctx, t.EventsStream); err == nil {
+		window = s.CachedInfo().Config.Duplicates
+	}
+	if st, err := kv.Status(ctx); err == nil {
+		ttl = st.TTL()
+	}
+	return window, ttl
 }
 
 // position is where in which stream a recreated consumer resumes: seq, if the stream is still
@@ -252,11 +268,7 @@ func streamCreated(ctx context.Context, js jetstream.JetStream, t Topology) time
 
 // othersRead reports whether a consumer of the worker's other than partition k's reads the
 // events stream.
-func othersRead(ctx context.Context, js jetstream.JetStream, t Topology, k int) bool {
-	s, err := js.Stream(ctx, t.EventsStream)
-	if err != nil {
-		return false
-	}
+func othersRead(ctx context.Context, s jetstream.Stream, t Topology, k int) bool {
 	names := s.ConsumerNames(ctx)
 	found := false
 	for name := range names.Name() {

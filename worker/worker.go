@@ -95,6 +95,9 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
+// publishAckTimeout bounds the wait for JetStream's acknowledgement of a result or record.
+const publishAckTimeout = 10 * time.Second
+
 // Worker is one replica.
 type Worker struct {
 	cfg     Config
@@ -107,19 +110,22 @@ type Worker struct {
 	handler handlers.Handler // the registry behind the handler middleware, built once
 	steps   []step
 
-	ledger    *ledger
-	holds     *holds
-	members   *members // nil with one partition
-	sched     *scheduler
-	consuming atomic.Bool
-	paused    atomic.Pointer[time.Time] // until when an operator paused consumption; nil if not
-	progress  *progress
-	stalled   atomic.Pointer[string] // why the worker counts as stalled; nil if it does not
+	ledger *ledger
+	holds  *holds
+	// dedupCoversLedger: the events stream's duplicate window is at least the ledger's TTL, so
+	// a first delivery whose Nats-Msg-Id is its event id needs no ledger read (see repeat).
+	dedupCoversLedger bool
+	members           *members // nil with one partition
+	sched             *scheduler
+	consuming         atomic.Bool
+	paused            atomic.Pointer[time.Time] // until when an operator paused consumption; nil if not
+	progress          *progress
+	stalled           atomic.Pointer[string] // why the worker counts as stalled; nil if it does not
 }
 
 // New returns a Worker that will consume through nc and dispatch through reg.
 func New(nc *nats.Conn, reg *handlers.Registry, m *Metrics, log *slog.Logger, newID func() string, cfg Config) (*Worker, error) {
-	js, err := jetstream.New(nc)
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(publishAckTimeout))
 	if err != nil {
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
@@ -158,6 +164,12 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	w.ledger = newLedger(kv)
 	w.holds = newHolds(kv)
+	window, ttl := dedupAndTTL(ctx, w.js, w.cfg.Topology, kv)
+	w.dedupCoversLedger = ttl > 0 && window >= ttl
+	if !w.dedupCoversLedger {
+		w.log.Info("the ledger is read for every event: the events stream's duplicate window is shorter than the ledger TTL",
+			"duplicate_window", window.String(), "ledger_ttl", ttl.String())
+	}
 	// Create every consumer before reporting ready, so a test or an operator that sees /readyz
 	// sees a worker that can take events.
 	parts, err := w.partitions(ctx)
@@ -173,7 +185,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	// hard ends running work; it outlives ctx by the shutdown grace.
 	hard, cancelHard := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelHard()
-	w.sched = newScheduler(w.cfg.Concurrency)
+	w.sched = newScheduler()
 	var runners sync.WaitGroup
 	for range w.cfg.Concurrency {
 		runners.Add(1)
