@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strings"
 	"sync/atomic"
+	"time"
 )
 
 // fakeSegura is an instant stand-in for the Segura API: the OAuth 2.0 token endpoint and the
@@ -17,6 +18,30 @@ type fakeSegura struct {
 	calls    atomic.Int64 // credential calls answered
 	tokens   atomic.Int64 // token requests answered
 	rejected atomic.Int64 // requests without the expected bearer token, or to unknown paths
+
+	// Faults, for the scenarios: every call waits latency; one in hangEvery hangs hangFor
+	// before it is answered (or until the client gives up); one in failEvery answers 503
+	// without applying anything; while refusing, every call is refused as a locked-out A2A
+	// application is ("You are not authorized to access this resource").
+	latency, hangFor     atomic.Int64 // nanoseconds
+	hangEvery, failEvery atomic.Int64
+	refusing             atomic.Bool
+	seen                 atomic.Int64 // credential calls received, for the fault counters
+	hung, failed         atomic.Int64
+}
+
+// faults is a setting of the fake's faults.
+type faults struct {
+	latency, hangFor     time.Duration
+	hangEvery, failEvery int64
+}
+
+func (f *fakeSegura) set(x faults) {
+	f.latency.Store(int64(x.latency))
+	f.hangFor.Store(int64(x.hangFor))
+	f.hangEvery.Store(x.hangEvery)
+	f.failEvery.Store(x.failEvery)
+	f.refusing.Store(false)
 }
 
 const (
@@ -58,6 +83,12 @@ func (f *fakeSegura) serve(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusUnauthorized)
 		_, _ = w.Write([]byte(`{"message":"You are not authorized to access this resource"}`))
 		return
+	case f.refusing.Load():
+		w.WriteHeader(http.StatusForbidden)
+		_, _ = w.Write([]byte(`{"code":403,"response":{"status":403,"message":"You are not authorized to access this resource.","error":true}}`))
+		return
+	case !f.fault(w, r):
+		return
 	case r.Method == http.MethodDelete:
 		f.calls.Add(1)
 		_, _ = w.Write([]byte(disableReply))
@@ -70,6 +101,33 @@ func (f *fakeSegura) serve(w http.ResponseWriter, r *http.Request) {
 	f.rejected.Add(1)
 	w.WriteHeader(http.StatusNotFound)
 	_, _ = w.Write([]byte(notFoundReply))
+}
+
+// fault applies the configured latency, hangs and failures to one call; it reports whether
+// the call should go on to be answered normally.
+func (f *fakeSegura) fault(w http.ResponseWriter, r *http.Request) bool {
+	n := f.seen.Add(1)
+	wait := time.Duration(f.latency.Load())
+	if e := f.hangEvery.Load(); e > 0 && n%e == 0 {
+		f.hung.Add(1)
+		wait = time.Duration(f.hangFor.Load())
+	}
+	if wait > 0 {
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-r.Context().Done():
+			return false
+		}
+	}
+	if e := f.failEvery.Load(); e > 0 && n%e == 1 {
+		f.failed.Add(1)
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = w.Write([]byte(`{"message":"Service Unavailable"}`))
+		return false
+	}
+	return true
 }
 
 // apiCounters is a snapshot of what the fake API has seen.

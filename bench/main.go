@@ -33,6 +33,8 @@ type options struct {
 	workers                        []string
 	soak                           time.Duration // > 0: run the soak mode instead of rounds
 	rate                           int           // soak: events per second
+	scenarios                      []string      // scenarios to run, or "rounds" for alternating burst rounds
+	partitions                     int           // PAMWORKER_PARTITIONS of the replicas scenarios (0: do not set it)
 }
 
 func main() {
@@ -53,9 +55,12 @@ func main() {
 	flag.StringVar(&o.profileDir, "profile", "", "write CPU and allocation profiles of the timed parts to this directory")
 	flag.DurationVar(&o.soak, "soak", 0, "run pamworker alone at a steady -rate for this long, printing its memory and goroutines (e.g. 10m)")
 	flag.IntVar(&o.rate, "rate", 200, "soak: events per second")
-	workers := flag.String("workers", kindBaseline+","+kindPam, "workers run in turn in every round, the first is the reference: "+strings.Join(workerKinds, ", "))
+	workers := flag.String("workers", kindBaseline+","+kindPam, "rounds: workers run in turn in every round, the first is the reference: "+strings.Join(workerKinds, ", "))
+	scenarios := flag.String("scenarios", "all", "scenarios to run (burst, hangs, slow, replicas, one-replica, kill, outage, resume, all), or rounds: alternating burst rounds of -workers")
+	flag.IntVar(&o.partitions, "partitions", 2, "PAMWORKER_PARTITIONS for the replica scenarios; 0 for a build that does not know it")
 	flag.Parse()
 	o.workers = strings.Split(*workers, ",")
+	o.scenarios = strings.Split(*scenarios, ",")
 	for _, w := range o.workers {
 		if !slices.Contains(workerKinds, w) {
 			fmt.Fprintf(os.Stderr, "bench: -workers: unknown worker %q (known: %s)\n", w, strings.Join(workerKinds, ", "))
@@ -126,6 +131,9 @@ func run(o options) error {
 		return b.soakRun(ctx)
 	}
 	printMachine(o)
+	if !slices.Contains(o.scenarios, "rounds") {
+		return b.runScenarios(ctx)
+	}
 	fmt.Println("| run | worker | events/s | p50 ms | p99 ms | max ms | worker CPU ms/10k | broker+bench CPU ms/10k | peak RSS MiB | RSS at end MiB | API conns (run / timed) | API calls | other load |")
 	fmt.Println("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 	var results []runResult

@@ -84,6 +84,12 @@ func startPamworker(bin, natsURL, apiURL string, concurrency int, logPath, profi
 		"PAMWORKER_TARGET_RATE=10000",
 	)
 	cmd.Env = append(cmd.Env, extra...)
+	if g := os.Getenv("BENCH_PAMWORKER_GOGC"); g != "" {
+		cmd.Env = append(cmd.Env, "GOGC="+g)
+	}
+	if g := os.Getenv("BENCH_PAMWORKER_GOMEMLIMIT"); g != "" {
+		cmd.Env = append(cmd.Env, "GOMEMLIMIT="+g)
+	}
 	w, err := startWorker("pamworker", cmd, logPath, profile)
 	if err != nil {
 		return nil, err

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 )
 
@@ -15,6 +16,12 @@ import (
 var version = "dev"
 
 func main() {
+	if os.Getenv("GOGC") == "" {
+		// The live heap is small (a few MiB) and every event allocates a little: at the default
+		// 100 the collector runs every few hundred events. 150 measured 8-10% more burst
+		// throughput for ~4 MiB more resident memory (bench/README.md).
+		debug.SetGCPercent(150)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	// After the first signal, restore the default handling: a second one ends the process at
 	// once. Nothing is lost by that: unacknowledged events are redelivered by JetStream.
