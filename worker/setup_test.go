@@ -374,6 +374,20 @@ type recorder struct {
 	byPath  map[string][]string // path → methods, in arrival order
 	curPath map[string]int
 	maxPath map[string]int
+	hang    map[string]chan struct{} // path → closed when calls to it may go on
+}
+
+// hangOn makes every call to path hang until the returned function is called.
+func (r *recorder) hangOn(path string) (release func()) {
+	ch := make(chan struct{})
+	r.mu.Lock()
+	if r.hang == nil {
+		r.hang = map[string]chan struct{}{}
+	}
+	r.hang[path] = ch
+	r.mu.Unlock()
+	var once sync.Once
+	return func() { once.Do(func() { close(ch) }) }
 }
 
 func newRecorder(h http.Handler) *recorder {
@@ -388,7 +402,14 @@ func (r *recorder) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		r.byPath[path] = append(r.byPath[path], req.Method)
 		r.curPath[path]++
 		r.maxPath[path] = max(r.maxPath[path], r.curPath[path])
+		hang := r.hang[path]
 		r.mu.Unlock()
+		if hang != nil {
+			select {
+			case <-hang:
+			case <-req.Context().Done():
+			}
+		}
 		defer func() { r.mu.Lock(); r.curPath[path]--; r.mu.Unlock() }()
 		n := r.cur.Add(1)
 		defer r.cur.Add(-1)

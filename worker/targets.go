@@ -15,7 +15,7 @@ import (
 //     "open" — no event calls it, they wait in the stream — until a cool-down has passed, then
 //     one event at a time probes it; each failed probe doubles the cool-down up to breakerMax;
 //   - the lock-out state: a target that refuses the worker (bad credentials, revoked
-//     authorization) is down until a probe is accepted; probes may go at once, one at a time.
+//     authorization) is down until a probe is accepted; one probe goes every probeEvery.
 //
 // Either down state sets pamworker_target_up to 0 and is listed by /readyz. The first call the
 // target answers as a working API brings it back.
@@ -79,7 +79,7 @@ func (ts *targetState) admit(name string) (ok, probe bool, wait time.Duration) {
 		return true, false, 0
 	case t.probing:
 		return false, false, ts.waitFor(t)
-	case t.state == open && ts.now().Before(t.until):
+	case ts.now().Before(t.until): // open and cooling down, or refusing until its next probe
 		return false, false, ts.waitFor(t)
 	}
 	t.probing = true
@@ -89,10 +89,7 @@ func (ts *targetState) admit(name string) (ok, probe bool, wait time.Duration) {
 // waitFor is how long a turned-away event should wait before it may be the next probe; it is
 // woken sooner if the target comes back.
 func (ts *targetState) waitFor(t *target) time.Duration {
-	if t.state == open {
-		return max(t.until.Sub(ts.now()), 50*time.Millisecond)
-	}
-	return ts.cfg.probeEvery
+	return max(t.until.Sub(ts.now()), 50*time.Millisecond)
 }
 
 // attempted records one attempt's outcome for the breaker: failed (retryable) or not. It
@@ -158,6 +155,7 @@ func (ts *targetState) done(name string, probe, accepted bool, refusedBy string,
 			t.since = ts.now()
 		}
 		t.state, t.reason = refused, refusedBy
+		t.until = ts.now().Add(ts.cfg.probeEvery) // the next probe, no sooner
 		ts.gauge.WithLabelValues(name).Set(0)
 	case accepted:
 		t.fails = 0

@@ -875,3 +875,82 @@ func TestEventsStreamRecreated(t *testing.T) {
 		}
 	}
 }
+
+// TestHungObjectDelaysNoOne: a call that hangs holds up later events about its own object and
+// nothing else. While a disable of credential 77 hangs, 64 drops of other sessions are all
+// answered; an enable of 77 published after the disable waits for it and reaches the vendor
+// after it. (Issue 9: one hung call used to delay every event that hashed to its lane.)
+func TestHungObjectDelaysNoOne(t *testing.T) {
+	t.Parallel()
+	c := fastConfig()
+	c.Concurrency = 8
+	c.AttemptTimeout = 30 * time.Second
+	b := setup(t, options{cfg: c})
+	release := b.seguraHTTP.hangOn("/api/pam/credential/77")
+	defer release()
+	hung := b.send(t, events.CredentialDisable, `{"credential_id":77}`)
+	waitFor(t, 10*time.Second, "the disable of 77 in flight", func() bool {
+		b.seguraHTTP.mu.Lock()
+		defer b.seguraHTTP.mu.Unlock()
+		return len(b.seguraHTTP.byPath["/api/pam/credential/77"]) == 1
+	})
+	after := b.send(t, events.CredentialEnable, `{"credential_id":77}`)
+	start := time.Now()
+	var drops []string
+	for range 64 {
+		drops = append(drops, b.send(t, events.SessionDrop, fmt.Sprintf(`{"session_id":%q}`, b.segura.AddSession())))
+	}
+	for _, id := range drops {
+		if r := b.result(t, id); r.Status != events.Succeeded {
+			t.Errorf("drop: %+v", r)
+		}
+	}
+	t.Logf("64 drops of other sessions answered in %v while credential 77's call hung", time.Since(start).Round(time.Millisecond))
+	if b.resultCount(hung) != 0 || b.resultCount(after) != 0 {
+		t.Fatal("the hung object's events were answered while its call hung")
+	}
+	release()
+	for _, id := range []string{hung, after} {
+		if r := b.result(t, id); r.Status != events.Succeeded {
+			t.Errorf("%+v", r)
+		}
+	}
+	b.seguraHTTP.mu.Lock()
+	calls := strings.Join(b.seguraHTTP.byPath["/api/pam/credential/77"], " ")
+	b.seguraHTTP.mu.Unlock()
+	if calls != "DELETE PUT" {
+		t.Errorf("credential 77: calls %q, want the disable then the enable", calls)
+	}
+}
+
+// TestTargetBackWakesWaiting: events waiting for a target that refused the worker run as
+// soon as a probe finds it back, not after a redelivery delay: with a probe interval of 300 ms
+// they are all answered; the time it took is reported, not asserted.
+func TestTargetBackWakesWaiting(t *testing.T) {
+	t.Parallel()
+	c := fastConfig()
+	c.ProbeInterval = 300 * time.Millisecond
+	b := setup(t, options{cfg: c})
+	b.segura.SetRevoked(true)
+	var ids []string
+	for i := range 40 {
+		ids = append(ids, b.send(t, events.CredentialDisable, fmt.Sprintf(`{"credential_id":%d}`, 1+i)))
+	}
+	waitFor(t, 10*time.Second, "target down", func() bool {
+		return b.metric(t, "pamworker_target_up", map[string]string{"target": "segura/default"}) == 0
+	})
+	time.Sleep(time.Second)
+	for _, id := range ids {
+		if b.resultCount(id) != 0 {
+			t.Fatalf("%s answered while the target refused the worker", id)
+		}
+	}
+	b.segura.SetRevoked(false)
+	fixed := time.Now()
+	for _, id := range ids {
+		if r := b.result(t, id); r.Status != events.Succeeded {
+			t.Errorf("%+v", r)
+		}
+	}
+	t.Logf("40 waiting events answered %v after the target accepted the worker again", time.Since(fixed).Round(time.Millisecond))
+}
