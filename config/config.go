@@ -21,6 +21,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/pamworker/pamworker/events"
 	"github.com/pamworker/pamworker/guard"
 	"github.com/pamworker/pamworker/handlers"
 )
@@ -49,7 +50,7 @@ type Config struct {
 	SignedSubjects  []string        // subject patterns whose events must be signed
 	SigningKeys     handlers.Secret // whsec_/whpk_ keys, separated by ";" or white space
 	SignatureAge    time.Duration   // tolerance of a signature's timestamp
-	Limits          string          // blast-radius limits, "ACTION=MAX/WINDOW[/PER_REQUESTER],..." (parsed by guard.ParseLimits)
+	Limits          guard.Limits    // blast-radius limits, from "ACTION=MAX/WINDOW[/PER_REQUESTER],..."
 	LogLevel        slog.Level
 
 	Segura  map[string]Segura  // by target name; "default" from the environment
@@ -99,7 +100,7 @@ const (
 	DefaultHTTPAddr        = "127.0.0.1:9464"
 	DefaultConcurrency     = 32
 	DefaultHTTPTimeout     = 10 * time.Second
-	DefaultMaxEventBytes   = 64 << 10
+	DefaultMaxEventBytes   = events.DefaultMaxEventBytes
 	DefaultMaxDeliveries   = 5
 	DefaultRetryMaxElapsed = 30 * time.Second
 	DefaultAckWait         = 5 * time.Second
@@ -293,7 +294,7 @@ func Load(getenv func(string) string, environ []string) (Config, error) {
 		SignedSubjects:  append(f.SignedSubjects, commaList(getenv("PAMWORKER_SIGNED_SUBJECTS"))...),
 		SigningKeys:     handlers.NewSecret(l.secret("PAMWORKER_SIGNING_KEYS", f.SigningKeys, f.SigningKeysFile)),
 		SignatureAge:    l.duration("PAMWORKER_SIGNATURE_TOLERANCE", f.SignatureAge, 5*time.Minute, time.Second, time.Hour),
-		Limits:          cmp.Or(getenv("PAMWORKER_LIMITS"), f.Limits),
+		Limits:          l.limits(cmp.Or(getenv("PAMWORKER_LIMITS"), f.Limits)),
 		LogLevel:        l.level("PAMWORKER_LOG_LEVEL", f.LogLevel),
 		Segura:          map[string]Segura{},
 		Element:         map[string]Element{},
@@ -368,10 +369,7 @@ func Load(getenv func(string) string, environ []string) (Config, error) {
 
 // validate checks what Load could not check one value at a time.
 func (c Config) validate() error {
-	limits, err := guard.ParseLimits(c.Limits)
-	if err != nil {
-		return fmt.Errorf("PAMWORKER_LIMITS: %w", err)
-	}
+	limits := c.Limits
 	// A held event waits until its window opens or it turns stale. It must turn stale while
 	// its result could still be answered from the ledger, and within a day: a hold longer than
 	// that is a limit that does not fit its playbooks.
@@ -624,6 +622,15 @@ func (l *loader) duration(name, fromFile string, def, lo, hi time.Duration) time
 		return def
 	}
 	return d
+}
+
+// limits parses the blast-radius limits, once.
+func (l *loader) limits(spec string) guard.Limits {
+	lim, err := guard.ParseLimits(spec)
+	if err != nil {
+		l.fail("PAMWORKER_LIMITS: %v", err)
+	}
+	return lim
 }
 
 // commaList splits a comma-separated environment list.

@@ -113,8 +113,8 @@ func (l *ledger) spend(ctx context.Context, eventID string) (int, error) {
 // RecordedResult returns the result recorded for eventID in the ledger bucket and the digest of
 // the event it answered, or nil if there is none. pamworker send uses it to answer an event the
 // stream dropped as a duplicate, and to tell whether that earlier event was the same one.
-func RecordedResult(ctx context.Context, js jetstream.JetStream, bucket, eventID string) (raw []byte, digest string, err error) {
-	kv, err := js.KeyValue(ctx, bucket)
+func RecordedResult(ctx context.Context, js jetstream.JetStream, eventID string) (raw []byte, digest string, err error) {
+	kv, err := js.KeyValue(ctx, DefaultTopology().Bucket)
 	if err != nil {
 		return nil, "", err
 	}
@@ -132,8 +132,8 @@ func replayKey(eventID string) string { return keyOf("replay", eventID) }
 
 // MarkReplay records that eventID is a replay of original. It is written before the replay
 // is published, with the operator's identity; the worker's own may not write these keys.
-func MarkReplay(ctx context.Context, js jetstream.JetStream, bucket, eventID, original string) error {
-	kv, err := js.KeyValue(ctx, bucket)
+func MarkReplay(ctx context.Context, js jetstream.JetStream, eventID, original string) error {
+	kv, err := js.KeyValue(ctx, DefaultTopology().Bucket)
 	if err != nil {
 		return err
 	}

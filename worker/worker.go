@@ -19,7 +19,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/pamworker/pamworker/events"
+	"github.com/pamworker/pamworker/config"
 	"github.com/pamworker/pamworker/guard"
 	"github.com/pamworker/pamworker/handlers"
 )
@@ -52,43 +52,37 @@ type Config struct {
 	BreakerMaxCool   time.Duration // longest open period
 }
 
-// withDefaults fills in the tuning knobs operators do not set (and, for tests and tools that
-// build a Config by hand, the operators' settings too).
+// withDefaults fills in what is not set: the operators' settings with package config's
+// defaults (the one place they are chosen), the tuning knobs operators do not set with the
+// worker's own.
 func (c Config) withDefaults() Config {
-	def := func(d *time.Duration, v time.Duration) {
+	or := func(d *time.Duration, v time.Duration) {
 		if *d == 0 {
 			*d = v
 		}
 	}
-	if c.Concurrency == 0 {
-		c.Concurrency = 32
+	ori := func(n *int, v int) {
+		if *n == 0 {
+			*n = v
+		}
 	}
-	if c.MaxEventBytes == 0 {
-		c.MaxEventBytes = events.DefaultMaxEventBytes
-	}
-	if c.MaxDeliveries == 0 {
-		c.MaxDeliveries = 5
-	}
-	if c.Partitions == 0 {
-		c.Partitions = 1
-	}
-	if c.MaxHeld == 0 {
-		c.MaxHeld = 4096
-	}
-	if c.BreakerThreshold == 0 {
-		c.BreakerThreshold = 5
-	}
-	def(&c.AttemptTimeout, 10*time.Second)
-	def(&c.RetryMaxElapsed, 30*time.Second)
-	def(&c.AckWait, 5*time.Second)
-	def(&c.ShutdownTimeout, 20*time.Second)
-	def(&c.StallTimeout, 2*time.Minute)
-	def(&c.RetryInitial, 200*time.Millisecond)
-	def(&c.RetryMaxInterval, 5*time.Second)
-	def(&c.RedeliveryDelay, 10*time.Second)
-	def(&c.ProbeInterval, 2*time.Second)
-	def(&c.BreakerCooldown, 5*time.Second)
-	def(&c.BreakerMaxCool, 2*time.Minute)
+	ori(&c.Concurrency, config.DefaultConcurrency)
+	ori(&c.MaxEventBytes, config.DefaultMaxEventBytes)
+	ori(&c.MaxDeliveries, config.DefaultMaxDeliveries)
+	ori(&c.Partitions, config.DefaultPartitions)
+	or(&c.AttemptTimeout, config.DefaultHTTPTimeout)
+	or(&c.RetryMaxElapsed, config.DefaultRetryMaxElapsed)
+	or(&c.AckWait, config.DefaultAckWait)
+	or(&c.ShutdownTimeout, config.DefaultShutdownTimeout)
+	or(&c.StallTimeout, config.DefaultStallTimeout)
+	ori(&c.MaxHeld, 4096)
+	ori(&c.BreakerThreshold, 5)
+	or(&c.RetryInitial, 200*time.Millisecond)
+	or(&c.RetryMaxInterval, 5*time.Second)
+	or(&c.RedeliveryDelay, 10*time.Second)
+	or(&c.ProbeInterval, 2*time.Second)
+	or(&c.BreakerCooldown, 5*time.Second)
+	or(&c.BreakerMaxCool, 2*time.Minute)
 	if c.Topology == (Topology{}) {
 		c.Topology = DefaultTopology()
 	}

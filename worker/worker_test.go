@@ -719,7 +719,7 @@ func TestFailedEventKept(t *testing.T) {
 	// A replay marked by an operator carries replay_of; a bare header is a claim anyone can
 	// make, and is ignored.
 	replay, forged := ulid.Make().String(), ulid.Make().String()
-	if err := worker.MarkReplay(t.Context(), b.js, worker.DefaultTopology().Bucket, replay, id); err != nil {
+	if err := worker.MarkReplay(t.Context(), b.js, replay, id); err != nil {
 		t.Fatal(err)
 	}
 	for _, e := range []string{replay, forged} {

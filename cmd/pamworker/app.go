@@ -116,7 +116,7 @@ func serve(ctx context.Context, cfg config.Config, withSandbox bool, log *slog.L
 	if len(cfg.SignedSubjects) > 0 {
 		log.Info("events on these subjects must be signed", "subjects", cfg.SignedSubjects)
 	}
-	limits, _ := guard.ParseLimits(cfg.Limits) // validated with the configuration
+	limits := cfg.Limits
 	if len(limits) > 0 {
 		log.Info("blast-radius limits: events over them are held in the stream", "limits", cfg.Limits)
 	}

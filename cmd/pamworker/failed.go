@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -11,11 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
-	"time"
 	"unicode"
-
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/pamworker/pamworker/events"
 	"github.com/pamworker/pamworker/worker"
@@ -145,7 +140,7 @@ func runFailed(ctx context.Context, args []string, getenv func(string) string, e
 		return exitUsage
 	}
 	defer nc.Close()
-	store, err := openFailed(ctx, js, worker.DefaultTopology().FailedStream)
+	store, err := worker.OpenFailed(ctx, js)
 	if err != nil {
 		fmt.Fprintln(stderr, "pamworker failed:", err)
 		return exitUsage
@@ -153,127 +148,16 @@ func runFailed(ctx context.Context, args []string, getenv func(string) string, e
 	if a.sub == "list" {
 		return listFailed(ctx, store, a, stdout, stderr)
 	}
-	return replayFailed(ctx, js, store, a, stdout, stderr)
+	return replayFailed(ctx, store, a, stdout, stderr)
 }
 
-// failedStore reads and deletes the records of the failed-events stream.
-type failedStore struct {
-	stream jetstream.Stream // nil: the stream does not exist yet, so nothing has failed
+// skipping reports a record that cannot be read.
+func skipping(stderr io.Writer) func(error) {
+	return func(err error) { fmt.Fprintln(stderr, "pamworker failed: skipping:", err) }
 }
 
-// failedEntry is one record of the failed-events stream.
-type failedEntry struct {
-	seq    uint64
-	record worker.FailedRecord
-	result struct {
-		FinishedAt string            `json:"finished_at"`
-		Message    string            `json:"message"`
-		Error      *events.ErrorInfo `json:"error"`
-	}
-}
-
-func (e *failedEntry) code() string {
-	if e.result.Error == nil {
-		return ""
-	}
-	return e.result.Error.Code
-}
-
-func openFailed(ctx context.Context, js jetstream.JetStream, name string) (*failedStore, error) {
-	s, err := js.Stream(ctx, name)
-	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		return &failedStore{}, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("stream %s: %w", name, err)
-	}
-	return &failedStore{stream: s}, nil
-}
-
-func decodeEntry(m *jetstream.RawStreamMsg) (failedEntry, error) {
-	e := failedEntry{seq: m.Sequence}
-	if err := json.Unmarshal(m.Data, &e.record); err != nil {
-		return e, fmt.Errorf("sequence %d on %s is not a failed record: %w", m.Sequence, m.Subject, err)
-	}
-	if e.record.Subject == "" {
-		e.record.Subject = worker.ActionOfFailedSubject(m.Subject)
-	}
-	_ = json.Unmarshal(e.record.Result, &e.result) // an unreadable result still lists, without a code
-	return e, nil
-}
-
-// scan returns the records matching action and code, newest first, at most limit of them (0:
-// all) and whether there are more. It walks the sequences back from the last one: the newest
-// are what people look for, and a limit then stops the walk early.
-func (s *failedStore) scan(ctx context.Context, action, code string, limit int, stderr io.Writer) ([]failedEntry, bool, error) {
-	if s.stream == nil {
-		return nil, false, nil
-	}
-	info, err := s.stream.Info(ctx, jetstream.WithDeletedDetails(true))
-	if err != nil {
-		return nil, false, fmt.Errorf("stream %s: %w", s.stream.CachedInfo().Config.Name, err)
-	}
-	// Every replay deletes a record; knowing where the holes are saves asking for each.
-	deleted := make(map[uint64]bool, len(info.State.Deleted))
-	for _, seq := range info.State.Deleted {
-		deleted[seq] = true
-	}
-	var out []failedEntry
-	for seq := info.State.LastSeq; seq != 0 && seq >= info.State.FirstSeq; seq-- {
-		if deleted[seq] {
-			continue
-		}
-		m, err := s.stream.GetMsg(ctx, seq)
-		if errors.Is(err, jetstream.ErrMsgNotFound) { // deleted or expired meanwhile
-			continue
-		}
-		if err != nil {
-			return nil, false, fmt.Errorf("read failed record %d: %w", seq, err)
-		}
-		if action != "" && worker.ActionOfFailedSubject(m.Subject) != action {
-			continue
-		}
-		e, err := decodeEntry(m)
-		if err != nil {
-			fmt.Fprintln(stderr, "pamworker failed: skipping:", err)
-			continue
-		}
-		if code != "" && !strings.EqualFold(e.code(), code) {
-			continue
-		}
-		if limit > 0 && len(out) == limit {
-			return out, true, nil
-		}
-		out = append(out, e)
-	}
-	return out, false, nil
-}
-
-// byID returns the newest record of eventID, trying each action: its subject is known from the
-// id, so no scan is needed.
-func (s *failedStore) byID(ctx context.Context, eventID string) (*failedEntry, error) {
-	if s.stream == nil {
-		return nil, nil
-	}
-	for _, action := range events.Actions() {
-		m, err := s.stream.GetLastMsgForSubject(ctx, worker.FailedSubject(action, eventID))
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			continue
-		}
-		if err != nil {
-			return nil, fmt.Errorf("look up failed event %s: %w", eventID, err)
-		}
-		e, err := decodeEntry(m)
-		if err != nil {
-			return nil, err
-		}
-		return &e, nil
-	}
-	return nil, nil
-}
-
-func listFailed(ctx context.Context, store *failedStore, a failedArgs, stdout, stderr io.Writer) int {
-	entries, more, err := store.scan(ctx, a.action, a.code, a.limit, stderr)
+func listFailed(ctx context.Context, store *worker.FailedStore, a failedArgs, stdout, stderr io.Writer) int {
+	entries, more, err := store.List(ctx, a.action, a.code, a.limit, skipping(stderr))
 	if err != nil {
 		fmt.Fprintln(stderr, "pamworker failed list:", err)
 		return exitUsage
@@ -281,7 +165,7 @@ func listFailed(ctx context.Context, store *failedStore, a failedArgs, stdout, s
 	if a.json {
 		records := make([]worker.FailedRecord, 0, len(entries))
 		for _, e := range entries {
-			records = append(records, e.record)
+			records = append(records, e.Record)
 		}
 		out, err := json.MarshalIndent(records, "", "  ")
 		if err != nil {
@@ -293,12 +177,8 @@ func listFailed(ctx context.Context, store *failedStore, a failedArgs, stdout, s
 		tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "FAILED AT\tEVENT ID\tACTION\tCODE\tMESSAGE")
 		for _, e := range entries {
-			msg := e.result.Message
-			if msg == "" && e.result.Error != nil {
-				msg = e.result.Error.Message
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", cell(e.result.FinishedAt, 40), cell(e.record.EventID, 80),
-				cell(e.record.Subject, 40), cell(e.code(), 40), cell(msg, 60))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", cell(e.FinishedAt, 40), cell(e.Record.EventID, 80),
+				cell(e.Record.Subject, 40), cell(e.Code, 40), cell(e.Message, 60))
 		}
 		_ = tw.Flush()
 	}
@@ -315,15 +195,15 @@ func listFailed(ctx context.Context, store *failedStore, a failedArgs, stdout, s
 
 // replayFailed sends failed events again, each under a new event id that names the old one in
 // the Pamworker-Replay-Of header, and removes each replayed record from the failed stream.
-func replayFailed(ctx context.Context, js jetstream.JetStream, store *failedStore, a failedArgs, stdout, stderr io.Writer) int {
+func replayFailed(ctx context.Context, store *worker.FailedStore, a failedArgs, stdout, stderr io.Writer) int {
 	type job struct {
-		entry  failedEntry
+		entry  worker.FailedEntry
 		others []uint64 // older records of the same event id, removed with it
 	}
 	var jobs []job
 	status := exitOK
 	if a.all {
-		entries, _, err := store.scan(ctx, a.action, a.code, 0, stderr)
+		entries, _, err := store.List(ctx, a.action, a.code, 0, skipping(stderr))
 		if err != nil {
 			fmt.Fprintln(stderr, "pamworker failed replay:", err)
 			return exitUsage
@@ -332,11 +212,11 @@ func replayFailed(ctx context.Context, js jetstream.JetStream, store *failedStor
 		// replayed once, from its newest record; oldest events go first, as they happened.
 		at := map[string]int{}
 		for _, e := range entries {
-			if i, ok := at[e.record.EventID]; ok {
-				jobs[i].others = append(jobs[i].others, e.seq)
+			if i, ok := at[e.Record.EventID]; ok {
+				jobs[i].others = append(jobs[i].others, e.Seq)
 				continue
 			}
-			at[e.record.EventID] = len(jobs)
+			at[e.Record.EventID] = len(jobs)
 			jobs = append(jobs, job{entry: e})
 		}
 		slices.Reverse(jobs)
@@ -351,7 +231,7 @@ func replayFailed(ctx context.Context, js jetstream.JetStream, store *failedStor
 				continue
 			}
 			asked[id] = true
-			e, err := store.byID(ctx, id)
+			e, err := store.ByID(ctx, id)
 			switch {
 			case err != nil:
 				fmt.Fprintln(stderr, "pamworker failed replay:", err)
@@ -366,21 +246,21 @@ func replayFailed(ctx context.Context, js jetstream.JetStream, store *failedStor
 	}
 	replayed := 0
 	for _, j := range jobs {
-		newID, err := replay(ctx, js, j.entry.record)
-		if err != nil {
-			fmt.Fprintf(stderr, "pamworker failed replay: %s: %v\n", j.entry.record.EventID, err)
+		newID := newEventID()
+		if err := store.Replay(ctx, j.entry.Record, newID); err != nil {
+			fmt.Fprintf(stderr, "pamworker failed replay: %s: %v\n", j.entry.Record.EventID, err)
 			status = exitFailed
 			continue
 		}
-		fmt.Fprintf(stdout, "%s -> %s\n", j.entry.record.EventID, newID)
+		fmt.Fprintf(stdout, "%s -> %s\n", j.entry.Record.EventID, newID)
 		replayed++
 		// The record goes once its event is safely back in the events stream, so the list shows
 		// only what is still to be dealt with. Should the replay fail too, the worker keeps a new
 		// record under the new id.
-		for _, seq := range append([]uint64{j.entry.seq}, j.others...) {
-			if err := store.stream.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		for _, seq := range append([]uint64{j.entry.Seq}, j.others...) {
+			if err := store.Remove(ctx, seq); err != nil {
 				fmt.Fprintf(stderr, "pamworker failed replay: %s was replayed as %s, but its record (sequence %d) could not be removed and is still listed: %v\n",
-					j.entry.record.EventID, newID, seq, err)
+					j.entry.Record.EventID, newID, seq, err)
 				status = exitFailed
 			}
 		}
@@ -389,139 +269,6 @@ func replayFailed(ctx context.Context, js jetstream.JetStream, store *failedStor
 		fmt.Fprintf(stderr, "replayed %s\n", plural(replayed, "failed event"))
 	}
 	return status
-}
-
-// replay publishes the original event of rec again under a new event id and returns that id.
-func replay(ctx context.Context, js jetstream.JetStream, rec worker.FailedRecord) (string, error) {
-	if !events.IsAction(rec.Subject) {
-		return "", fmt.Errorf("record names no action subject (%q)", rec.Subject)
-	}
-	newID := newEventID()
-	payload, err := rewritePayload([]byte(rec.Payload), newID, time.Now())
-	if err != nil {
-		return "", err
-	}
-	hdr := nats.Header{}
-	for k, v := range rec.Headers {
-		// The server's and JetStream's own headers (Nats-Msg-Id, Nats-Expected-...) describe
-		// the old message; whatever the publisher added (tracing ...) travels on.
-		if strings.HasPrefix(strings.ToLower(k), "nats-") || strings.EqualFold(k, worker.ReplayOfHeader) {
-			continue
-		}
-		hdr.Set(k, v)
-	}
-	hdr.Set(jetstream.MsgIDHeader, newID)
-	hdr.Set(worker.ReplayOfHeader, rec.EventID)
-	// The header is a claim; the mark, which only an operator's identity may write, is what
-	// makes the worker put it in the result.
-	if err := worker.MarkReplay(ctx, js, worker.DefaultTopology().Bucket, newID, rec.EventID); err != nil {
-		return "", fmt.Errorf("mark the replay in the ledger: %w", err)
-	}
-	if _, err := js.PublishMsg(ctx, &nats.Msg{Subject: rec.Subject, Header: hdr, Data: payload}); err != nil {
-		return "", fmt.Errorf("publish to %s: %w", rec.Subject, err)
-	}
-	return newID, nil
-}
-
-// rewritePayload gives an original event body a new id and keeps every other field, in order.
-// A plain event loses its "time": a deliberate replay must not be refused as stale by an age
-// that counts from when the event was first raised. A CloudEvents envelope, whose time is part
-// of the format, gets the current one; a time and event_id inside its data follow suit.
-func rewritePayload(body []byte, newID string, now time.Time) ([]byte, error) {
-	obj, err := parseObject(body)
-	if err != nil {
-		return nil, fmt.Errorf("the original event cannot be replayed: %w", err)
-	}
-	id, _ := json.Marshal(newID)
-	if _, ce := obj.get("specversion"); !ce {
-		obj = obj.set("event_id", id).del("time")
-		return obj.marshal(), nil
-	}
-	ts, _ := json.Marshal(now.UTC().Format(time.RFC3339Nano))
-	obj = obj.set("id", id).set("time", ts)
-	if raw, ok := obj.get("data"); ok {
-		if data, err := parseObject(raw); err == nil {
-			if _, has := data.get("event_id"); has {
-				data = data.set("event_id", id) // the decoder refuses one that differs from id
-			}
-			obj = obj.set("data", data.del("time").marshal())
-		}
-	}
-	return obj.marshal(), nil
-}
-
-// object is a JSON object's members in their order, values untouched.
-type object []jsonMember
-
-type jsonMember struct {
-	key string
-	raw json.RawMessage
-}
-
-func parseObject(b []byte) (object, error) {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
-		return nil, errors.New("payload is not a JSON object")
-	}
-	var obj object
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return nil, fmt.Errorf("payload: %w", err)
-		}
-		var raw json.RawMessage
-		if err := dec.Decode(&raw); err != nil {
-			return nil, fmt.Errorf("payload: %w", err)
-		}
-		obj = append(obj, jsonMember{tok.(string), raw})
-	}
-	if _, err := dec.Token(); err != nil {
-		return nil, fmt.Errorf("payload: %w", err)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, errors.New("payload has data after its JSON object")
-	}
-	return obj, nil
-}
-
-func (o object) get(key string) (json.RawMessage, bool) {
-	for _, m := range o {
-		if m.key == key {
-			return m.raw, true
-		}
-	}
-	return nil, false
-}
-
-// set replaces the value of key where it stands, or appends it.
-func (o object) set(key string, raw json.RawMessage) object {
-	for i := range o {
-		if o[i].key == key {
-			o[i].raw = raw
-			return o
-		}
-	}
-	return append(o, jsonMember{key, raw})
-}
-
-func (o object) del(key string) object {
-	return slices.DeleteFunc(o, func(m jsonMember) bool { return m.key == key })
-}
-
-func (o object) marshal() []byte {
-	var b bytes.Buffer
-	b.WriteByte('{')
-	for i, m := range o {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		k, _ := json.Marshal(m.key)
-		b.Write(k)
-		b.WriteByte(':')
-		b.Write(m.raw)
-	}
-	b.WriteByte('}')
-	return b.Bytes()
 }
 
 // cell makes s fit one table cell: no control characters (a tab or newline would break the

@@ -307,7 +307,7 @@ func duplicateResult(ctx context.Context, js jetstream.JetStream, subject string
 		raw, err := watchResults(wctx, js, subject, mine, since)
 		watched <- found{raw, err}
 	}()
-	if raw, digest, err := worker.RecordedResult(ctx, js, worker.DefaultTopology().Bucket, mine.id); err == nil && raw != nil {
+	if raw, digest, err := worker.RecordedResult(ctx, js, mine.id); err == nil && raw != nil {
 		if mine.digest != "" && digest != mine.digest {
 			return raw, true, nil
 		}
