@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"hash/fnv"
@@ -128,9 +129,10 @@ func (p *partition) run(ctx context.Context) {
 // the new owner need not wait for it to expire.
 func (p *partition) giveUp(ctx context.Context) {
 	w := p.w
+	fence := p.dropFence()
 	p.mu.Lock()
-	fence, cons := p.fence, p.cons
-	p.fence, p.fenced, p.pin = nil, false, ""
+	cons := p.cons
+	p.pin = ""
 	p.mu.Unlock()
 	released := append(fence, w.sched.release(p)...)
 	for _, e := range released {
@@ -283,14 +285,19 @@ func (p *partition) lift(ctx context.Context) {
 			continue
 		}
 		p.mu.Lock()
-		if p.settles == settles && info.NumAckPending <= held {
-			fence := p.fence
-			p.fence, p.fenced = nil, false
+		if !p.fenced {
 			p.mu.Unlock()
-			slices.SortFunc(fence, func(a, b *entry) int { return int(int64(a.seq) - int64(b.seq)) })
+			return // the partition went to another replica meanwhile
+		}
+		if p.settles == settles && info.NumAckPending <= held {
+			// Under the lock, so that no event taken after the fence is queued before these.
+			fence := p.fence
+			slices.SortFunc(fence, func(a, b *entry) int { return cmp.Compare(a.seq, b.seq) })
 			for _, e := range fence {
 				w.sched.add(e)
 			}
+			p.fence, p.fenced = nil, false
+			p.mu.Unlock()
 			if waited := time.Since(start); waited > 100*time.Millisecond {
 				w.log.Info("partition taken over; the previous owner's events came back first", "partition", p.k,
 					"waited", waited.Round(time.Millisecond).String(), "events_taken_meanwhile", len(fence))
@@ -320,6 +327,15 @@ func (p *partition) keptAlive(every time.Duration) []*entry {
 		}
 	}
 	return out
+}
+
+// dropFence returns the events behind the fence and takes it down, for a hand-back.
+func (p *partition) dropFence() []*entry {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	fence := p.fence
+	p.fence, p.fenced = nil, false
+	return fence
 }
 
 // settled records that one of the partition's events was acked, termed or handed back.
@@ -364,16 +380,12 @@ func (p *partition) checkPin(info *jetstream.ConsumerInfo) {
 	if lost {
 		p.pin = ""
 	}
-	fence := p.fence
-	if lost {
-		p.fence, p.fenced = nil, false
-	}
 	p.mu.Unlock()
 	if !lost {
 		return
 	}
 	w := p.w
-	released := append(fence, w.sched.release(p)...)
+	released := append(p.dropFence(), w.sched.release(p)...)
 	w.log.Warn("partition now pinned to another replica; handing back its waiting events", "partition", p.k, "events", len(released))
 	for _, e := range released {
 		w.handBack(e, 0, deferReleased)

@@ -201,9 +201,10 @@ func (w *Worker) Run(ctx context.Context) error {
 	<-ctx.Done()
 	w.consuming.Store(false)
 
-	// Stop taking events, let running ones finish within the grace, hand back the rest.
-	feeds.Wait()
+	// Start nothing more, stop taking events, let running ones finish within the grace, hand
+	// back the rest.
 	w.sched.close()
+	feeds.Wait()
 	done := make(chan struct{})
 	go func() { runners.Wait(); close(done) }()
 	select {
@@ -213,7 +214,11 @@ func (w *Worker) Run(ctx context.Context) error {
 		cancelHard()
 		<-done
 	}
-	for _, e := range w.sched.drain() {
+	held := w.sched.drain()
+	for _, p := range parts {
+		held = append(held, p.dropFence()...)
+	}
+	for _, e := range held {
 		w.handBack(e, 0, deferShutdown)
 	}
 	if err := w.nc.Flush(); err != nil {

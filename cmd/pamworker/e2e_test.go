@@ -457,7 +457,10 @@ func TestKillMidLoad(t *testing.T) {
 	}
 	t.Logf("killed with %d of %d events answered", atKill, n)
 
+	restarted := time.Now()
 	startWorker(t, env)
+	waitUntil(t, 60*time.Second, func() bool { return count() > atKill })
+	t.Logf("first new result %v after the restart", time.Since(restarted).Round(time.Millisecond))
 	waitUntil(t, 120*time.Second, func() bool { return count() >= n })
 
 	// Exactly one result per event in the results stream; none lost.
