@@ -161,17 +161,7 @@ func (s *FailedStore) Replay(ctx context.Context, rec FailedRecord, newID string
 	if err != nil {
 		return err
 	}
-	hdr := nats.Header{}
-	for k, v := range rec.Headers {
-		// The server's and JetStream's own headers (Nats-Msg-Id, Nats-Expected-...) describe
-		// the old message; whatever the publisher added (tracing ...) travels on.
-		if strings.HasPrefix(strings.ToLower(k), "nats-") || strings.EqualFold(k, ReplayOfHeader) {
-			continue
-		}
-		hdr.Set(k, v)
-	}
-	hdr.Set(jetstream.MsgIDHeader, newID)
-	hdr.Set(ReplayOfHeader, rec.EventID)
+	hdr := replayHeaders(rec, newID)
 	if err := MarkReplay(ctx, s.js, newID, rec.EventID); err != nil {
 		return fmt.Errorf("mark the replay in the ledger: %w", err)
 	}
@@ -179,6 +169,24 @@ func (s *FailedStore) Replay(ctx context.Context, rec FailedRecord, newID string
 		return fmt.Errorf("publish to %s: %w", rec.Subject, err)
 	}
 	return nil
+}
+
+// replayHeaders are the headers of the replay of rec under newID: whatever the publisher
+// added (signature, tracing ...) travels on; the server's and JetStream's own headers
+// (Nats-Msg-Id, Nats-Expected-..., Nats-TTL ...) described the old message and do not, nor a
+// Pamworker-Replay-Of claim of the old message's, nor the worker's own headers; the new
+// message id and the replay claim are set.
+func replayHeaders(rec FailedRecord, newID string) nats.Header {
+	hdr := nats.Header{}
+	for k, v := range rec.Headers {
+		if lk := strings.ToLower(k); strings.HasPrefix(lk, "nats-") || strings.HasPrefix(lk, "pamworker-") {
+			continue
+		}
+		hdr.Set(k, v)
+	}
+	hdr.Set(jetstream.MsgIDHeader, newID)
+	hdr.Set(ReplayOfHeader, rec.EventID)
+	return hdr
 }
 
 // rewritePayload gives an original event body a new id and keeps every other field, in order.
