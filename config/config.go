@@ -55,6 +55,26 @@ type Config struct {
 
 	Segura  map[string]Segura  // by target name; "default" from the environment
 	Element map[string]Element // by target name
+	Ingress Ingress
+}
+
+// Ingress is the HTTP ingress for SOAR tools (off unless Addr is set).
+type Ingress struct {
+	Addr         string        // listen address
+	CertFile     string        // TLS server certificate (with KeyFile); none: plain HTTP
+	KeyFile      string        //
+	ClientCAFile string        // verify client certificates against these CAs (for callers named by cert_cn)
+	MaxWait      time.Duration // longest wait for a result before answering 202
+	Rate         float64       // requests per second per caller
+	Callers      []Caller
+}
+
+// Caller is one client of the ingress: a SOAR tool or one of its playbooks.
+type Caller struct {
+	Name        string   // becomes requested_by when an event names none
+	TokenSHA256 string   // hex SHA-256 of its bearer token (the token itself is never stored)
+	CertCN      string   // or the common name of its verified client certificate
+	Subjects    []string // action subjects it may post, NATS patterns
 }
 
 // NATSAuth is the worker's NATS identity: at most one of a credentials file (JWT + nkey), an
@@ -109,6 +129,8 @@ const (
 	DefaultShutdownTimeout = 20 * time.Second
 	DefaultStallTimeout    = 2 * time.Minute
 	DefaultInboxPrefix     = "_INBOX"
+	DefaultIngressMaxWait  = 8 * time.Second // below Cortex XSOAR's 10 s HTTP timeout
+	DefaultIngressRate     = 20
 	DefaultMaxEventAge     = time.Hour
 	DefaultTargetRate      = 50
 	DefaultStreamReplicas  = 1
@@ -138,6 +160,9 @@ var env = map[string]bool{ // name → has a _FILE form
 	"PAMWORKER_NATS_CLIENT_CERT_FILE": false, "PAMWORKER_NATS_CLIENT_KEY_FILE": false,
 	"PAMWORKER_NATS_INSECURE_SKIP_VERIFY": false,
 	"PAMWORKER_SIGNED_SUBJECTS":           false, "PAMWORKER_LIMITS": false, "PAMWORKER_SIGNING_KEYS": true, "PAMWORKER_SIGNATURE_TOLERANCE": false,
+	"PAMWORKER_INGRESS_ADDR": false, "PAMWORKER_INGRESS_TLS_CERT_FILE": false, "PAMWORKER_INGRESS_TLS_KEY_FILE": false,
+	"PAMWORKER_INGRESS_CLIENT_CA_FILE": false, "PAMWORKER_INGRESS_MAX_WAIT": false, "PAMWORKER_INGRESS_RATE": false,
+	"PAMWORKER_INGRESS_CALLERS": true,
 }
 
 // Variables returns the names of every environment variable the worker reads.
@@ -187,6 +212,24 @@ type file struct {
 	LogLevel        string                 `yaml:"log_level"`
 	Segura          map[string]seguraFile  `yaml:"segura"`
 	Element         map[string]elementFile `yaml:"element"`
+	Ingress         ingressFile            `yaml:"ingress"`
+}
+
+type ingressFile struct {
+	Addr         string       `yaml:"addr"`
+	CertFile     string       `yaml:"tls_cert_file"`
+	KeyFile      string       `yaml:"tls_key_file"`
+	ClientCAFile string       `yaml:"client_ca_file"`
+	MaxWait      string       `yaml:"max_wait"`
+	Rate         string       `yaml:"rate"`
+	Callers      []callerFile `yaml:"callers"`
+}
+
+type callerFile struct {
+	Name        string   `yaml:"name"`
+	TokenSHA256 string   `yaml:"token_sha256"`
+	CertCN      string   `yaml:"cert_cn"`
+	Subjects    []string `yaml:"subjects"`
 }
 
 type seguraFile struct {
@@ -298,7 +341,19 @@ func Load(getenv func(string) string, environ []string) (Config, error) {
 		LogLevel:        l.level("PAMWORKER_LOG_LEVEL", f.LogLevel),
 		Segura:          map[string]Segura{},
 		Element:         map[string]Element{},
+		Ingress: Ingress{
+			Addr:         cmp.Or(getenv("PAMWORKER_INGRESS_ADDR"), f.Ingress.Addr),
+			CertFile:     cmp.Or(getenv("PAMWORKER_INGRESS_TLS_CERT_FILE"), f.Ingress.CertFile),
+			KeyFile:      cmp.Or(getenv("PAMWORKER_INGRESS_TLS_KEY_FILE"), f.Ingress.KeyFile),
+			ClientCAFile: cmp.Or(getenv("PAMWORKER_INGRESS_CLIENT_CA_FILE"), f.Ingress.ClientCAFile),
+			MaxWait:      l.duration("PAMWORKER_INGRESS_MAX_WAIT", f.Ingress.MaxWait, DefaultIngressMaxWait, 0, 5*time.Minute),
+			Rate:         float64(l.integer("PAMWORKER_INGRESS_RATE", f.Ingress.Rate, DefaultIngressRate, 1, 10000)),
+		},
 	}
+	for _, cf := range f.Ingress.Callers {
+		c.Ingress.Callers = append(c.Ingress.Callers, Caller(cf))
+	}
+	c.Ingress.Callers = append(c.Ingress.Callers, l.callers(l.secret("PAMWORKER_INGRESS_CALLERS", "", ""))...)
 	for name, s := range f.Segura {
 		p := "segura." + name
 		c.Segura[name] = Segura{
@@ -403,6 +458,9 @@ func (c Config) validate() error {
 	if err := validInboxPrefix(c.InboxPrefix); err != nil {
 		return fmt.Errorf("PAMWORKER_NATS_INBOX_PREFIX: %w", err)
 	}
+	if err := c.Ingress.validate(); err != nil {
+		return err
+	}
 	for _, name := range sortedKeys(c.Segura) {
 		s := c.Segura[name]
 		key := settingName("segura", name)
@@ -501,6 +559,60 @@ func validURL(raw string) error {
 		return fmt.Errorf("%q must not have a query or fragment", u.Redacted())
 	}
 	return nil
+}
+
+// validate checks the ingress settings when it is on.
+func (in Ingress) validate() error {
+	if in.Addr == "" {
+		return nil
+	}
+	if _, _, err := net.SplitHostPort(in.Addr); err != nil {
+		return fmt.Errorf("PAMWORKER_INGRESS_ADDR: %q is not host:port", in.Addr)
+	}
+	if (in.CertFile == "") != (in.KeyFile == "") {
+		return errors.New("PAMWORKER_INGRESS_TLS_CERT_FILE and PAMWORKER_INGRESS_TLS_KEY_FILE go together")
+	}
+	if in.ClientCAFile != "" && in.CertFile == "" {
+		return errors.New("PAMWORKER_INGRESS_CLIENT_CA_FILE needs TLS (PAMWORKER_INGRESS_TLS_CERT_FILE and _KEY_FILE)")
+	}
+	if len(in.Callers) == 0 {
+		return errors.New("PAMWORKER_INGRESS_ADDR is set but no caller may use it: set PAMWORKER_INGRESS_CALLERS (or ingress.callers in the file)")
+	}
+	seen := map[string]bool{}
+	for _, c := range in.Callers {
+		name := "ingress caller " + strconv.Quote(c.Name)
+		switch {
+		case c.Name == "" || len(c.Name) > 64 || strings.Trim(c.Name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.") != "":
+			return fmt.Errorf("%s: a name is 1 to 64 letters, digits, '.', '-' or '_'", name)
+		case seen[c.Name]:
+			return fmt.Errorf("%s: named twice", name)
+		case (c.TokenSHA256 == "") == (c.CertCN == ""):
+			return fmt.Errorf("%s: give a token_sha256 or a cert_cn, one of them", name)
+		case c.TokenSHA256 != "" && (len(c.TokenSHA256) != 64 || strings.Trim(c.TokenSHA256, "0123456789abcdef") != ""):
+			return fmt.Errorf("%s: token_sha256 must be the 64 hex digits of the token's SHA-256 (pamworker ingress hash-token prints it), not the token", name)
+		case c.CertCN != "" && in.ClientCAFile == "":
+			return fmt.Errorf("%s: cert_cn needs PAMWORKER_INGRESS_CLIENT_CA_FILE, the CAs its certificate is verified against", name)
+		case len(c.Subjects) == 0:
+			return fmt.Errorf("%s: list the action subjects it may post", name)
+		}
+		seen[c.Name] = true
+		for _, p := range c.Subjects {
+			if !matchesAnAction(p) {
+				return fmt.Errorf("%s: subject %q matches no action subject", name, p)
+			}
+		}
+	}
+	return nil
+}
+
+// matchesAnAction reports whether pattern matches at least one action subject.
+func matchesAnAction(pattern string) bool {
+	for _, a := range events.Actions() {
+		if guard.SubjectMatch(pattern, a) {
+			return true
+		}
+	}
+	return false
 }
 
 // validInboxPrefix accepts _INBOX and _INBOX.<token>...: results are only ever sent to
@@ -622,6 +734,34 @@ func (l *loader) duration(name, fromFile string, def, lo, hi time.Duration) time
 		return def
 	}
 	return d
+}
+
+// callers reads PAMWORKER_INGRESS_CALLERS: "name:token-sha256:subject,subject;name:cn=CN:subject".
+func (l *loader) callers(spec string) []Caller {
+	var out []Caller
+	for _, item := range list(spec) {
+		parts := strings.SplitN(item, ":", 3)
+		if len(parts) != 3 {
+			l.fail("PAMWORKER_INGRESS_CALLERS: %q is not NAME:TOKEN_SHA256:SUBJECTS or NAME:cn=COMMON_NAME:SUBJECTS", truncated(item))
+			return nil
+		}
+		c := Caller{Name: strings.TrimSpace(parts[0]), Subjects: commaList(parts[2])}
+		if cn, ok := strings.CutPrefix(strings.TrimSpace(parts[1]), "cn="); ok {
+			c.CertCN = cn
+		} else {
+			c.TokenSHA256 = strings.ToLower(strings.TrimSpace(parts[1]))
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+// truncated shortens a setting's value for an error message.
+func truncated(s string) string {
+	if len(s) > 40 {
+		return s[:40] + "..."
+	}
+	return s
 }
 
 // limits parses the blast-radius limits, once.

@@ -182,6 +182,10 @@ func Sign(key, subject, id string, t time.Time, body []byte) (map[string]string,
 	return map[string]string{HeaderID: id, HeaderTimestamp: ts, HeaderSignature: sig}, nil
 }
 
+// SubjectMatch reports whether subject matches pattern, with NATS wildcards: * one token, >
+// the rest.
+func SubjectMatch(pattern, subject string) bool { return subjectMatch(pattern, subject) }
+
 // subjectMatch matches a NATS subject against a pattern with * (one token) and > (the rest).
 func subjectMatch(pattern, subject string) bool {
 	p, s := strings.Split(pattern, "."), strings.Split(subject, ".")

@@ -60,6 +60,7 @@ type Call struct {
 	Target  string        // TargetLabel, e.g. "segura/default"
 	Action  string        // the action subject, or "oauth_token" for a token request
 	Timeout time.Duration // bound of each request, from when it may go (see Pacer); 0: none
+	Route   string        // the request's path with its ids as {id}, for traces (see Traced)
 }
 
 type callKey struct{}

@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/pamworker/pamworker/events"
+	"github.com/pamworker/pamworker/telemetry"
 )
 
 // DigestHeader carries, on every result, the digest of the event it answers (see
@@ -20,7 +21,7 @@ const DigestHeader = "Pamworker-Digest"
 // publishes it on results.<action> and the reply inbox, and keeps the original of a failed
 // event for replay. It reports whether the answer is durable; the caller then settles e.
 func (w *Worker) publish(ctx context.Context, e *entry, v verdict) bool {
-	r := resultMsg{ev: e.ev, digest: e.digest, data: v.raw, msgID: v.rawMsgID}
+	r := resultMsg{ev: e.ev, digest: e.digest, data: v.raw, msgID: v.rawMsgID, trace: e.trace}
 	if r.msgID == "" {
 		r.msgID = events.ResultMsgID(e.ev.ID)
 	}
@@ -95,6 +96,7 @@ type resultMsg struct {
 	data   []byte
 	record []byte
 	msgID  string
+	trace  context.Context // the event's trace, carried on in the result's headers; nil: none
 }
 
 // publishResult stores r's record in the ledger, if it has one, and publishes the result
@@ -111,11 +113,11 @@ func (w *Worker) publishResult(ctx context.Context, r resultMsg, extra ...*nats.
 		futures = append(futures, rec)
 	}
 	digest := r.digest
-	pub, err := w.js.PublishMsgAsync(&nats.Msg{
-		Subject: events.ResultSubject(r.ev.Action),
-		Header:  nats.Header{jetstream.MsgIDHeader: []string{r.msgID}, DigestHeader: []string{digest}},
-		Data:    r.data,
-	})
+	header := nats.Header{jetstream.MsgIDHeader: []string{r.msgID}, DigestHeader: []string{digest}}
+	if r.trace != nil {
+		telemetry.Inject(r.trace, header)
+	}
+	pub, err := w.js.PublishMsgAsync(&nats.Msg{Subject: events.ResultSubject(r.ev.Action), Header: header, Data: r.data})
 	if err != nil {
 		return fmt.Errorf("result: %w", err)
 	}
@@ -138,6 +140,9 @@ func (w *Worker) publishResult(ctx context.Context, r resultMsg, extra ...*nats.
 	}
 	if r.ev.ReplyTo != "" {
 		reply := &nats.Msg{Subject: r.ev.ReplyTo, Header: nats.Header{DigestHeader: []string{digest}}, Data: r.data}
+		if r.trace != nil {
+			telemetry.Inject(r.trace, reply.Header)
+		}
 		if err := w.nc.PublishMsg(reply); err != nil {
 			w.log.Warn("publishing to reply_to", "event_id", r.ev.ID, "error", err)
 		}

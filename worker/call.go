@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/pamworker/pamworker/events"
 	"github.com/pamworker/pamworker/guard"
@@ -31,6 +32,9 @@ func (w *Worker) call(ctx context.Context, e *entry) verdict {
 	// The transport bounds each request by AttemptTimeout once the target's rate limit lets
 	// it go (handlers.Pacer): only calls that reach the vendor wait for its rate.
 	callCtx := handlers.WithCall(ctx, handlers.Call{Target: tgt, Action: e.ev.Action, Timeout: w.cfg.AttemptTimeout})
+	if e.span != nil {
+		callCtx = trace.ContextWithSpan(callCtx, e.span) // each request is a child span (handlers.Traced)
+	}
 	out, err := w.handler.Handle(callCtx, e.ev)
 	if ctx.Err() != nil {
 		return verdict{kind: verdictHandBack, reason: deferShutdown}
@@ -47,8 +51,10 @@ func (w *Worker) call(ctx context.Context, e *entry) verdict {
 	}
 	if w.targets.attempted(tgt, kind == handlers.Retry) {
 		e.logger().Error("target keeps failing; its circuit is open and its events wait", "target", tgt, "error", err.Error())
+		w.reportChange()
 	}
 	if w.targets.done(tgt, e.probe, accepted, refusedBy, kind == handlers.Retry) {
+		w.reportChange()
 		if refusedBy != "" {
 			e.logger().Error("target refuses the worker; its events wait until it accepts the worker again", "target", tgt, "error", refusedBy)
 		} else if accepted {

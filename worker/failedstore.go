@@ -1,13 +1,10 @@
 package worker
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"slices"
 	"strings"
 	"time"
 
@@ -194,98 +191,24 @@ func replayHeaders(rec FailedRecord, newID string) nats.Header {
 // that counts from when the event was first raised. A CloudEvents envelope, whose time is part
 // of the format, gets the current one; a time and event_id inside its data follow suit.
 func rewritePayload(body []byte, newID string, now time.Time) ([]byte, error) {
-	obj, err := parseObject(body)
+	obj, err := events.ParseObject(body)
 	if err != nil {
 		return nil, fmt.Errorf("the original event cannot be replayed: %w", err)
 	}
 	id, _ := json.Marshal(newID)
-	if _, ce := obj.get("specversion"); !ce {
-		obj = obj.set("event_id", id).del("time")
-		return obj.marshal(), nil
+	if _, ce := obj.Get("specversion"); !ce {
+		obj = obj.Set("event_id", id).Del("time")
+		return obj.Marshal(), nil
 	}
 	ts, _ := json.Marshal(now.UTC().Format(time.RFC3339Nano))
-	obj = obj.set("id", id).set("time", ts)
-	if raw, ok := obj.get("data"); ok {
-		if data, err := parseObject(raw); err == nil {
-			if _, has := data.get("event_id"); has {
-				data = data.set("event_id", id) // the decoder refuses one that differs from id
+	obj = obj.Set("id", id).Set("time", ts)
+	if raw, ok := obj.Get("data"); ok {
+		if data, err := events.ParseObject(raw); err == nil {
+			if _, has := data.Get("event_id"); has {
+				data = data.Set("event_id", id) // the decoder refuses one that differs from id
 			}
-			obj = obj.set("data", data.del("time").marshal())
+			obj = obj.Set("data", data.Del("time").Marshal())
 		}
 	}
-	return obj.marshal(), nil
-}
-
-// object is a JSON object's members in their order, values untouched.
-type object []jsonMember
-
-type jsonMember struct {
-	key string
-	raw json.RawMessage
-}
-
-func parseObject(b []byte) (object, error) {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
-		return nil, errors.New("payload is not a JSON object")
-	}
-	var obj object
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return nil, fmt.Errorf("payload: %w", err)
-		}
-		var raw json.RawMessage
-		if err := dec.Decode(&raw); err != nil {
-			return nil, fmt.Errorf("payload: %w", err)
-		}
-		obj = append(obj, jsonMember{tok.(string), raw})
-	}
-	if _, err := dec.Token(); err != nil {
-		return nil, fmt.Errorf("payload: %w", err)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, errors.New("payload has data after its JSON object")
-	}
-	return obj, nil
-}
-
-func (o object) get(key string) (json.RawMessage, bool) {
-	for _, m := range o {
-		if m.key == key {
-			return m.raw, true
-		}
-	}
-	return nil, false
-}
-
-// set replaces the value of key where it stands, or appends it.
-func (o object) set(key string, raw json.RawMessage) object {
-	for i := range o {
-		if o[i].key == key {
-			o[i].raw = raw
-			return o
-		}
-	}
-	return append(o, jsonMember{key, raw})
-}
-
-func (o object) del(key string) object {
-	return slices.DeleteFunc(o, func(m jsonMember) bool { return m.key == key })
-}
-
-func (o object) marshal() []byte {
-	var b bytes.Buffer
-	b.WriteByte('{')
-	for i, m := range o {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		k, _ := json.Marshal(m.key)
-		b.Write(k)
-		b.WriteByte(':')
-		b.Write(m.raw)
-	}
-	b.WriteByte('}')
-	return b.Bytes()
+	return obj.Marshal(), nil
 }

@@ -11,34 +11,40 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// With more than one partition, the replicas share them out: each one keeps a key of its own
-// alive in the members bucket, and the live keys, sorted, say who pulls which partition
-// (partition k belongs to the replica at index k mod the number of replicas). A replica that
-// dies stops renewing its key; when the key expires the others take its partitions over, each
-// behind a fence (feed.go). The pinned priority group, not this list, is what guarantees one
-// replica at a time per partition: the list only spreads the work.
+// Every replica keeps a key of its own alive in the members bucket, its value what the replica
+// reports of itself (Report: the state of its targets), so that anyone who can read the
+// bucket — the ingress, an operator's CLI — sees every live replica and what it sees.
+//
+// With more than one partition, the replicas also share the partitions out by it: the live
+// keys, sorted, say who pulls which partition (partition k belongs to the replica at index k mod
+// the number of replicas). A replica that dies stops renewing its key; when the key expires the
+// others take its partitions over, each behind a fence (feed.go). The pinned priority group,
+// not this list, is what guarantees one replica at a time per partition: the list only spreads
+// the work.
 
 // membersTTL is how long a replica's key lives without being renewed; it is renewed three
 // times in that span.
 const membersTTL = 6 * time.Second
 
 type members struct {
-	kv  jetstream.KeyValue
-	js  jetstream.JetStream
-	id  string
-	key string
+	kv     jetstream.KeyValue
+	js     jetstream.JetStream
+	id     string
+	key    string
+	report func() []byte // this replica's value
+	poke   chan struct{} // renew now: what the replica reports changed
 
 	mu    sync.Mutex
 	ids   []string
 	watch chan struct{} // closed and replaced whenever ids change
 }
 
-func newMembers(ctx context.Context, js jetstream.JetStream, t Topology, id string) (*members, error) {
+func newMembers(ctx context.Context, js jetstream.JetStream, t Topology, id string, report func() []byte) (*members, error) {
 	kv, err := js.KeyValue(ctx, t.MembersBucket)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
 			Bucket:      t.MembersBucket,
-			Description: "pamworker: the replicas alive, to share partitions out",
+			Description: "pamworker: the replicas alive and what they report, to share partitions out",
 			TTL:         membersTTL,
 			Storage:     jetstream.MemoryStorage,
 			Replicas:    t.Replicas,
@@ -48,7 +54,8 @@ func newMembers(ctx context.Context, js jetstream.JetStream, t Topology, id stri
 	if err != nil {
 		return nil, err
 	}
-	m := &members{kv: kv, js: js, id: id, key: "m." + strings.NewReplacer(".", "_", "*", "_", ">", "_").Replace(id), watch: make(chan struct{})}
+	m := &members{kv: kv, js: js, id: id, key: memberPrefix + strings.NewReplacer(".", "_", "*", "_", ">", "_").Replace(id),
+		report: report, poke: make(chan struct{}, 1), watch: make(chan struct{})}
 	m.refresh(ctx)
 	return m, nil
 }
@@ -66,6 +73,7 @@ func (m *members) run(ctx context.Context) {
 			cancel()
 			return
 		case <-t.C:
+		case <-m.poke:
 		}
 		m.refresh(ctx)
 	}
@@ -74,7 +82,7 @@ func (m *members) run(ctx context.Context) {
 // refresh renews this replica's key and reads the live ones: the subjects the bucket's stream
 // holds (one stream info request, no consumer).
 func (m *members) refresh(ctx context.Context) {
-	if _, err := m.kv.PutString(ctx, m.key, m.id); err != nil {
+	if _, err := m.kv.Put(ctx, m.key, m.report()); err != nil {
 		return
 	}
 	s, err := m.js.Stream(ctx, "KV_"+m.kv.Bucket())
@@ -99,9 +107,20 @@ func (m *members) refresh(ctx context.Context) {
 	}
 }
 
+// changed asks for the replica's key to be renewed now.
+func (m *members) changed() {
+	select {
+	case m.poke <- struct{}{}:
+	default:
+	}
+}
+
 // owns reports whether this replica pulls partition k of n, and a channel closed when the
-// list changes.
+// list changes. With one partition every replica pulls it (the pinned group picks one).
 func (m *members) owns(k, n int) (bool, <-chan struct{}) {
+	if n <= 1 {
+		return true, nil
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	i := slices.Index(m.ids, m.key)

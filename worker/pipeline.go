@@ -8,9 +8,14 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/pamworker/pamworker/events"
 	"github.com/pamworker/pamworker/handlers"
+	"github.com/pamworker/pamworker/telemetry"
 )
 
 // entry is one event this replica holds, from its delivery until it is settled.
@@ -27,7 +32,9 @@ type entry struct {
 	key       string // its object, the unit of ordering
 	digest    string // of the event, once it decodes (events.Event.Digest)
 	w         *Worker
-	log       *slog.Logger // made when first needed: most events log nothing below info
+	log       *slog.Logger    // made when first needed: most events log nothing below info
+	trace     context.Context // the event's trace: its span, or the context its publisher sent
+	span      trace.Span      // the processing span, when tracing is on
 
 	// Pipeline state, kept across waits.
 	step      int         // the next step to run
@@ -171,6 +178,7 @@ func (w *Worker) settle(ctx context.Context, e *entry, v verdict) {
 			_ = e.msg.TermWithReason(string(v.res.Status))
 		}
 		w.progress.made()
+		e.endSpan(v)
 		w.sched.done(e)
 		e.part.settled()
 	case verdictWait:
@@ -194,6 +202,9 @@ func (w *Worker) park(e *entry, v verdict) {
 		w.ledger.decided(e)
 	}
 	w.m.redeliver.WithLabelValues(actionLabel(e.ev.Action), string(v.reason)).Inc()
+	if e.span != nil {
+		e.span.AddEvent("wait", trace.WithAttributes(attribute.String("pamworker.reason", string(v.reason))))
+	}
 	w.sched.wait(e, v.until, v.reason == deferHeld, v.target)
 }
 
@@ -212,6 +223,7 @@ func (w *Worker) handBack(e *entry, delay time.Duration, reason deferReason) {
 		e.logger().Warn("nak failed; JetStream will redeliver after AckWait", "error", err)
 	}
 	w.m.redeliver.WithLabelValues(actionLabel(e.ev.Action), string(reason)).Inc()
+	e.endSpan(verdict{kind: verdictHandBack, reason: reason})
 	w.sched.done(e)
 	e.part.settled()
 }
@@ -237,7 +249,39 @@ func (w *Worker) newEntry(msg jetstream.Msg, p *partition) *entry {
 	e.key = objectKey(e)
 	e.digest = e.ev.Digest()
 	e.w = w
+	e.trace = telemetry.Extract(context.Background(), msg.Headers())
+	if telemetry.Enabled() {
+		e.trace, e.span = telemetry.Tracer().Start(e.trace, "process "+msg.Subject(), trace.WithSpanKind(trace.SpanKindConsumer),
+			trace.WithAttributes(semconv.MessagingSystemKey.String("nats"), semconv.MessagingDestinationName(msg.Subject()),
+				semconv.MessagingOperationTypeProcess, semconv.MessagingOperationName("process"),
+				semconv.MessagingMessageID(e.ev.ID), attribute.Int64("messaging.nats.stream_sequence", int64(e.seq)),
+				attribute.Int64("messaging.nats.delivered", int64(e.delivered))))
+	}
 	return e
+}
+
+// endSpan ends the event's span with what became of it.
+func (e *entry) endSpan(v verdict) {
+	if e.span == nil {
+		return
+	}
+	switch v.kind {
+	case verdictAnswer:
+		status := v.res.Status
+		if v.raw != nil {
+			status = "repeat"
+		}
+		e.span.SetAttributes(attribute.String("pamworker.status", string(status)), attribute.Bool("pamworker.noop", v.res.Noop))
+		if v.res.Error != nil {
+			e.span.SetAttributes(attribute.String("error.type", v.res.Error.Code))
+		}
+		if v.res.Status == events.Failed {
+			e.span.SetStatus(codes.Error, v.res.Error.Code)
+		}
+	case verdictHandBack:
+		e.span.SetAttributes(attribute.String("pamworker.handed_back", string(v.reason)))
+	}
+	e.span.End()
 }
 
 // logger returns the event's logger, with its id and action.

@@ -109,7 +109,7 @@ type Worker struct {
 	// dedupCoversLedger: the events stream's duplicate window is at least the ledger's TTL, so
 	// a first delivery whose Nats-Msg-Id is its event id needs no ledger read (see repeat).
 	dedupCoversLedger bool
-	members           *members // nil with one partition
+	members           *members // nil if its bucket is out of reach (one partition only)
 	sched             *scheduler
 	consuming         atomic.Bool
 	paused            atomic.Pointer[time.Time] // until when an operator paused consumption; nil if not
@@ -170,10 +170,14 @@ func (w *Worker) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if w.cfg.Partitions > 1 {
-		if w.members, err = newMembers(ctx, w.js, w.cfg.Topology, w.newID()); err != nil {
+	id := w.newID()
+	if w.members, err = newMembers(ctx, w.js, w.cfg.Topology, id, w.report(id)); err != nil {
+		if w.cfg.Partitions > 1 {
 			return fmt.Errorf("members bucket %s: %w", w.cfg.Topology.MembersBucket, err)
 		}
+		// One partition needs no list; only the replica's report is missing.
+		w.log.Warn("members bucket unavailable: this replica's status is not reported", "bucket", w.cfg.Topology.MembersBucket, "error", err)
+		w.members = nil
 	}
 
 	// hard ends running work; it outlives ctx by the shutdown grace.

@@ -26,6 +26,7 @@ import (
 	"github.com/pamworker/pamworker/handlers/element"
 	"github.com/pamworker/pamworker/handlers/segura"
 	"github.com/pamworker/pamworker/sandbox"
+	"github.com/pamworker/pamworker/telemetry"
 	"github.com/pamworker/pamworker/worker"
 )
 
@@ -47,6 +48,15 @@ func runWorker(ctx context.Context, withSandbox bool, getenv func(string) string
 		return exitFailed
 	}
 	log := newLogger(stderr, cfg.LogLevel)
+	stopTracing, err := telemetry.Setup(ctx, getenv, "pamworker", version)
+	if err != nil {
+		fmt.Fprintln(stderr, "pamworker:", err)
+		return exitFailed
+	}
+	defer flushTraces(stopTracing, log)
+	if telemetry.Enabled() {
+		log.Info("tracing on (OTEL_* variables)")
+	}
 	if err := serve(ctx, cfg, withSandbox, log); err != nil {
 		log.Error("pamworker stopped", "error", err.Error())
 		fmt.Fprintln(stderr, "pamworker:", err)
@@ -63,6 +73,12 @@ func serve(ctx context.Context, cfg config.Config, withSandbox bool, log *slog.L
 		}
 		defer env.Close()
 		simulate(&cfg, env, log)
+		token, path, err := sandboxIngress(&cfg)
+		if err != nil {
+			return fmt.Errorf("sandbox ingress token: %w", err)
+		}
+		log.Info("sandbox: the HTTP ingress takes actions with this demo token (also in "+path+")", "addr", cfg.Ingress.Addr, "token", token,
+			"try", `curl -H "Authorization: Bearer $(cat `+path+`)" -d '{"session_id":"<id>"}' http://`+cfg.Ingress.Addr+`/v1/actions/pam.session.drop`)
 	}
 	for _, t := range cfg.Insecure() {
 		log.Warn("target is reached over plain http on a non-loopback host: its credentials cross the network unencrypted", "target", t)
@@ -139,6 +155,15 @@ func serve(ctx context.Context, cfg config.Config, withSandbox bool, log *slog.L
 	})
 	if err != nil {
 		return err
+	}
+
+	if cfg.Ingress.Addr != "" {
+		stop, err := startIngress(cfg, nc, reg, log)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		context.AfterFunc(ctx, stop) // no new requests once shutting down
 	}
 
 	ln, err := net.Listen("tcp", cfg.HTTPAddr)
@@ -252,6 +277,14 @@ func simulate(cfg *config.Config, env *sandbox.Env, log *slog.Logger) {
 	}
 }
 
+// traced makes each vendor request a span when tracing is on.
+func traced(rt http.RoundTripper) http.RoundTripper {
+	if telemetry.Enabled() {
+		return handlers.Traced(rt)
+	}
+	return rt
+}
+
 func topology(cfg config.Config) worker.Topology {
 	t := worker.DefaultTopology()
 	t.LedgerTTL, t.DedupWindow = cfg.DedupTTL, cfg.DedupTTL
@@ -276,7 +309,7 @@ func buildHandlers(cfg config.Config, prot guard.Protected, m *worker.Metrics, l
 		return handlers.NewHTTPClient(handlers.ClientOptions{
 			Timeout:      cfg.HTTPTimeout, // a backstop: the pacer bounds each request from when it may go
 			MaxIdleConns: cfg.Concurrency,
-			Wrap:         func(rt http.RoundTripper) http.RoundTripper { return pacer.Wrap(m.InstrumentTransport(rt)) },
+			Wrap:         func(rt http.RoundTripper) http.RoundTripper { return pacer.Wrap(m.InstrumentTransport(traced(rt))) },
 			TLS:          tc,
 		}), nil
 	}

@@ -131,8 +131,14 @@ func baseEnv() []string {
 
 func startWorker(t *testing.T, env []string, args ...string) *proc {
 	t.Helper()
+	return startProc(t, env, append([]string{"run"}, args...)...)
+}
+
+// startProc starts the binary with args and waits until its /readyz says ready.
+func startProc(t *testing.T, env []string, args ...string) *proc {
+	t.Helper()
 	p := &proc{httpAddr: freeAddr(t), logs: &syncBuffer{}, done: make(chan error, 1)}
-	p.cmd = exec.Command(binary(t), append([]string{"run"}, args...)...)
+	p.cmd = exec.Command(binary(t), args...)
 	p.cmd.Env = append(append(baseEnv(), env...), "PAMWORKER_HTTP_ADDR="+p.httpAddr)
 	p.cmd.Dir = t.TempDir()
 	p.cmd.Stdout = p.logs

@@ -1,5 +1,6 @@
-// Command pamworker runs the worker (`pamworker` or `pamworker run [--sandbox]`) and publishes
-// single events for playbooks and people (`pamworker send SUBJECT 'JSON' [--wait 10s]`).
+// Command pamworker runs the worker (`pamworker` or `pamworker run [--sandbox]`), its HTTP
+// ingress alone (`pamworker ingress`), and publishes single events for playbooks and people
+// (`pamworker send SUBJECT 'JSON' [--wait 10s]`).
 package main
 
 import (
@@ -49,6 +50,10 @@ const usage = `usage:
   pamworker pause [--for DURATION]                 stop every replica taking events (they wait in the stream)
   pamworker resume                                 take events again
   pamworker hold release|cancel                    run (or reject) events held by a blast-radius limit
+  pamworker ingress                                run the HTTP ingress alone (PAMWORKER_INGRESS_*)
+  pamworker ingress hash-token [TOKEN | --generate]
+                                                   print the token_sha256 of a caller's bearer token
+                                                   (read from stdin if not given)
   pamworker version                                print the version
 
 Configuration is read from PAMWORKER_* environment variables and the YAML file named by
@@ -58,7 +63,7 @@ PAMWORKER_CONFIG; see README.md.
 // run is the whole program behind main, so tests can start it in-process.
 func run(ctx context.Context, args []string, getenv func(string) string, environ []string, stdout, stderr io.Writer) int {
 	cmd := "run"
-	if len(args) > 0 && (args[0] == "run" || args[0] == "send" || args[0] == "failed" || args[0] == "pause" || args[0] == "resume" || args[0] == "hold" || args[0] == "version" || args[0] == "help") {
+	if len(args) > 0 && (args[0] == "run" || args[0] == "send" || args[0] == "failed" || args[0] == "pause" || args[0] == "resume" || args[0] == "hold" || args[0] == "ingress" || args[0] == "version" || args[0] == "help") {
 		cmd, args = args[0], args[1:]
 	}
 	switch cmd {
@@ -70,6 +75,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, environ
 		return runHold(ctx, args, getenv, environ, stdout, stderr)
 	case "pause", "resume":
 		return runPause(ctx, cmd == "resume", args, getenv, environ, stdout, stderr)
+	case "ingress":
+		return runIngressCommand(ctx, args, getenv, environ, stdout, stderr, os.Stdin)
 	case "version":
 		fmt.Fprintln(stdout, "pamworker", version)
 		return exitOK

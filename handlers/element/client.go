@@ -32,6 +32,7 @@ type Config struct {
 type Client struct {
 	name     string
 	url      string
+	path     string // of url: holds no id, so traces show it
 	username string
 	password handlers.Secret
 	hc       *http.Client
@@ -59,7 +60,7 @@ func New(cfg Config) (*Client, error) {
 	if name == "" {
 		name = "default"
 	}
-	return &Client{name: name, url: cfg.URL, username: cfg.Username, password: cfg.Password, hc: hc}, nil
+	return &Client{name: name, url: cfg.URL, path: u.EscapedPath(), username: cfg.Username, password: cfg.Password, hc: hc}, nil
 }
 
 type rpcRequest struct {
@@ -85,6 +86,10 @@ func (c *Client) call(ctx context.Context, method string, params, out any) (int,
 	body, err := json.Marshal(rpcRequest{Method: method, Params: params, ID: c.nextID.Add(1)})
 	if err != nil {
 		return 0, &handlers.PermanentError{VendorError: handlers.VendorError{Code: "bad_request", Message: err.Error()}}
+	}
+	if call, ok := handlers.CallFrom(ctx); ok { // the endpoint holds no id: traces show its path
+		call.Route = c.path
+		ctx = handlers.WithCall(ctx, call)
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.url, bytes.NewReader(body))
 	if err != nil {

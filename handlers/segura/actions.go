@@ -38,7 +38,7 @@ func (c *Client) Plan(ev events.Event) (Request, operation, error) {
 	if err != nil {
 		return Request{}, 0, err
 	}
-	return Request{Method: method, URL: u}, op, nil
+	return Request{Method: method, URL: u, route: route(c.root, path, 1)}, op, nil
 }
 
 // Handle performs ev on this instance. A dry run reports the exact request and sends nothing.
@@ -59,7 +59,7 @@ func (c *Client) Handle(ctx context.Context, ev events.Event) (handlers.Outcome,
 	if ev.DryRun {
 		out = handlers.Outcome{
 			Message: fmt.Sprintf("dry run: would send %s %s", req.Method, req.URL),
-			Details: map[string]any{"request": req},
+			Details: map[string]any{"request": Request{Method: req.Method, URL: req.URL}},
 		}
 	} else if out, err = c.do(ctx, op, req); err != nil {
 		return out, err

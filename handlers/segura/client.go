@@ -113,6 +113,15 @@ func BaseEndpoint(base, prefix string) (string, error) {
 type Request struct {
 	Method string `json:"method"`
 	URL    string `json:"url"`
+	route  string // the URL's path with its ids as {id}, for traces
+}
+
+// route is the path of root+path followed by one {id} per id segment.
+func route(root, path string, ids int) string {
+	if u, err := url.Parse(root); err == nil {
+		root = u.Path
+	}
+	return root + path + strings.Repeat("/{id}", ids)
 }
 
 // endpoint appends path (fixed, trusted) and one escaped segment per id to the API root. Each
@@ -181,6 +190,10 @@ func (c *Client) send(ctx context.Context, op operation, r Request, tok *oauth2.
 	req, err := http.NewRequestWithContext(ctx, r.Method, r.URL, nil)
 	if err != nil {
 		return out, nil, false, &handlers.PermanentError{VendorError: handlers.VendorError{Code: "bad_request", Message: err.Error()}}
+	}
+	if call, ok := handlers.CallFrom(ctx); ok {
+		call.Route = r.route
+		req = req.WithContext(handlers.WithCall(ctx, call))
 	}
 	req.Header.Set("Authorization", "Bearer "+tok.AccessToken)
 	req.Header.Set("Accept", "application/json")

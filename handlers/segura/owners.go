@@ -104,7 +104,7 @@ func (c *Client) listSessions(ctx context.Context) (map[string]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	_, body, err := c.call(ctx, opSessionList, Request{Method: http.MethodGet, URL: u}, maxSessionList)
+	_, body, err := c.call(ctx, opSessionList, Request{Method: http.MethodGet, URL: u, route: route(c.root, "/pam/session/remotesessions", 0)}, maxSessionList)
 	if err != nil {
 		return nil, err
 	}

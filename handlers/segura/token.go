@@ -38,7 +38,7 @@ func (t *tokens) get(ctx context.Context) (*oauth2.Token, error) {
 	// The token request goes through the same client (timeout, TLS, no redirects) as API calls.
 	ctx = context.WithValue(ctx, oauth2.HTTPClient, t.hc)
 	call, _ := handlers.CallFrom(ctx) // keeps the attempt's timeout
-	call.Target, call.Action = t.target, "oauth_token"
+	call.Target, call.Action, call.Route = t.target, "oauth_token", "/iso/oauth2/token"
 	ctx = handlers.WithCall(ctx, call)
 	tok, err := t.cc.Token(ctx)
 	if err != nil {
