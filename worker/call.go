@@ -36,7 +36,10 @@ func (w *Worker) call(ctx context.Context, e *entry) verdict {
 		callCtx = trace.ContextWithSpan(callCtx, e.span) // each request is a child span (handlers.Traced)
 	}
 	out, err := w.handler.Handle(callCtx, e.ev)
-	if ctx.Err() != nil {
+	if ctx.Err() != nil && err != nil {
+		// Cut short by the end of the shutdown grace: the call may or may not have reached the
+		// vendor; the next owner runs it (the actions are idempotent). A call that came back
+		// with an answer is kept.
 		return verdict{kind: verdictHandBack, reason: deferShutdown}
 	}
 	kind, re, pe, de := handlers.Classify(err)

@@ -8,25 +8,27 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// partition is this replica's side of one partition consumer. JetStream hands the
-// partition's events to one replica at a time (a pinned priority group) and gives them to
-// another when it stops pulling. A replica that has just been given the partition — at start,
-// or after a takeover — first lets the previous owner's events come back to it (a fence):
-// until every event still pending on the consumer is one this replica holds, the events it
-// takes wait, and then run in stream order. So an event about an object can never overtake one
-// the previous owner still had, whatever the window of events in flight.
+// partition is this replica's side of one partition consumer. A replica consumes a partition
+// only while it holds the partition's lease (members.go); the others wait to take it over. A
+// replica that has just taken a lease — at start, or after a takeover — first lets the previous
+// owner's events come back to it (a fence): until every event still pending on the consumer is
+// one this replica holds, the events it takes wait, and then run in stream order. So an event
+// about an object can never overtake one the previous owner still had, whatever the window of
+// events in flight.
 type partition struct {
-	w *Worker
-	k int
+	w     *Worker
+	k     int
+	owned atomic.Bool // this replica holds the lease: its events may run
 
 	mu      sync.Mutex
 	cons    jetstream.Consumer
-	pin     string    // the pin id JetStream gave this replica's pulls
+	lease   *lease    // the lease held, or last held
 	fenced  bool      // a fence is up: taken events wait in fence
 	fence   []*entry  // taken while the fence is up
 	held    int       // events taken and not settled (the fence's count)
@@ -61,23 +63,54 @@ func partitionOf(key string, n int) int {
 	return int(h.Sum32() % uint32(n))
 }
 
-// run pulls the partition's events until ctx ends, recreating its consumer if it disappears.
-// With several partitions it pulls only while the members list gives it to this replica.
+// run takes the partition's lease whenever it may, consumes the partition while it holds it,
+// and hands it over when the lease is lost or the members list gives it to another replica.
+// At shutdown it just stops: Run hands back what is held, then gives the lease up.
 func (p *partition) run(ctx context.Context) {
+	for ctx.Err() == nil {
+		l, ok := p.acquire(ctx)
+		if !ok {
+			return
+		}
+		p.consume(ctx, l)
+		if ctx.Err() != nil {
+			return
+		}
+		p.handOver(l)
+	}
+}
+
+// acquire waits until this replica holds the partition's lease, then raises the fence.
+func (p *partition) acquire(ctx context.Context) (*lease, bool) {
+	w := p.w
+	for {
+		want, changed := w.members.wants(p.k, w.cfg.Partitions)
+		if want {
+			if l, ok := w.members.acquire(ctx, p.k); ok {
+				p.mu.Lock()
+				p.lease, p.fenced = l, true
+				p.mu.Unlock()
+				p.owned.Store(true)
+				go p.lift(ctx)
+				w.log.Info("partition lease taken", "partition", p.k)
+				return l, true
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil, false
+		case <-changed:
+		case <-time.After(leaseTick):
+		}
+	}
+}
+
+// consume pulls the partition's events until ctx ends or the lease ends, recreating the
+// consumer if it disappears.
+func (p *partition) consume(ctx context.Context, l *lease) {
 	w := p.w
 	errs, lastErr := 0, ""
-	for ctx.Err() == nil {
-		owned, changed := true, (<-chan struct{})(nil)
-		if w.members != nil {
-			owned, changed = w.members.owns(p.k, w.cfg.Partitions)
-		}
-		if !owned {
-			select {
-			case <-changed:
-			case <-ctx.Done():
-			}
-			continue
-		}
+	for ctx.Err() == nil && !l.ended() {
 		iter, err := p.messages(ctx)
 		if err != nil {
 			if err.Error() != lastErr {
@@ -88,59 +121,46 @@ func (p *partition) run(ctx context.Context) {
 			select {
 			case <-time.After(min(time.Duration(errs)*200*time.Millisecond, 2*time.Second)):
 			case <-ctx.Done():
+			case <-l.lost:
 			}
 			continue
 		}
 		errs, lastErr = 0, ""
 		stop := context.AfterFunc(ctx, func() { iter.Drain() })
-		given := make(chan struct{})
 		done := make(chan struct{})
-		if w.members != nil {
-			go func() {
-				for {
-					select {
-					case <-changed:
-					case <-done:
-						return
-					}
-					var owned bool
-					if owned, changed = w.members.owns(p.k, w.cfg.Partitions); !owned {
-						close(given)
-						iter.Stop()
-						return
-					}
-				}
-			}()
-		}
+		go func() {
+			select {
+			case <-l.lost:
+				p.owned.Store(false) // nothing more of it runs here
+				iter.Drain()         // what is buffered comes through take, which hands it back
+			case <-done:
+			}
+		}()
 		p.take(ctx, iter)
 		close(done)
 		stop()
 		iter.Stop()
-		select {
-		case <-given:
-			p.giveUp(ctx)
-		default:
-		}
 	}
 }
 
-// giveUp hands the partition to the replica the members list now gives it to: everything this
-// replica holds of it and is not running goes back to JetStream, and the pin is released so
-// the new owner need not wait for it to expire.
-func (p *partition) giveUp(ctx context.Context) {
+// handOver gives the partition up after its lease ended: what this replica holds of it and is
+// not running goes back to JetStream, and the lease is released so the next owner need not
+// wait for it to lapse; running events hand themselves back if they end up waiting. A lease
+// that lapsed is another replica's by now: its events are left to expire rather than nak'd, a
+// nak being accepted for whichever delivery of the event is current.
+func (p *partition) handOver(l *lease) {
 	w := p.w
-	fence := p.dropFence()
-	p.mu.Lock()
-	cons := p.cons
-	p.pin = ""
-	p.mu.Unlock()
-	released := append(fence, w.sched.release(p)...)
+	p.owned.Store(false)
+	released := append(p.dropFence(), w.sched.release(p)...)
 	for _, e := range released {
 		w.handBack(e, 0, deferReleased)
 	}
-	if s, err := w.js.Stream(ctx, w.cfg.Topology.EventsStream); err == nil && cons != nil {
-		_ = s.UnpinConsumer(ctx, cons.CachedInfo().Name, priorityGroup)
+	if l.lapsed.Load() {
+		w.log.Warn("partition lease lapsed (this replica could not renew it); its events are left to the next owner", "partition", p.k,
+			"events", len(released))
+		return
 	}
+	w.members.release(p.k)
 	w.log.Info("partition given to another replica", "partition", p.k, "events_handed_back", len(released))
 }
 
@@ -163,9 +183,7 @@ func (p *partition) messages(ctx context.Context) (jetstream.MessagesContext, er
 		p.cons = cons
 		p.mu.Unlock()
 	}
-	expiry := max(pinnedTTL(w.cfg.AckWait)/3, time.Second)
-	iter, err := cons.Messages(jetstream.PullPriorityGroup(priorityGroup),
-		jetstream.PullMaxMessages(min(w.cfg.MaxHeld, max(64, 2*w.cfg.Concurrency))), jetstream.PullExpiry(expiry))
+	iter, err := cons.Messages(jetstream.PullMaxMessages(min(w.cfg.MaxHeld, max(64, 2*w.cfg.Concurrency))), jetstream.PullExpiry(5*time.Second))
 	if err != nil {
 		p.forget(err)
 		return nil, err
@@ -197,7 +215,10 @@ func (p *partition) resumeAt() position {
 	return position{seq: p.last + 1, created: p.created}
 }
 
-// take hands each message of iter to the scheduler until iter closes or fails.
+// take hands each message of iter to the scheduler until iter closes or fails. It takes
+// them as they come: the consumer's MaxAckPending bounds what a replica holds, and a message
+// left in the client's buffer would not be kept alive. Messages taken while shutting down or
+// giving the partition up go back to JetStream at once.
 func (p *partition) take(ctx context.Context, iter jetstream.MessagesContext) {
 	w := p.w
 	errs := 0
@@ -223,33 +244,27 @@ func (p *partition) take(ctx context.Context, iter jetstream.MessagesContext) {
 			continue
 		}
 		errs = 0
-		if ctx.Err() != nil {
-			_ = msg.Nak() // taken while shutting down: to another replica at once
+		if ctx.Err() != nil || !p.owned.Load() {
+			if !p.lapsed() {
+				_ = msg.Nak()
+			}
 			continue
 		}
-		w.sched.waitRoom(4 * w.cfg.Concurrency)
 		e := w.newEntry(msg, p)
 		if w.cfg.Partitions > 1 && partitionOf(e.key, w.cfg.Partitions) != p.k {
 			_ = msg.Ack() // another partition's event: its own consumer delivers it there
 			continue
 		}
-		p.add(ctx, e, msg.Headers().Get("Nats-Pin-Id"))
+		p.add(e)
 	}
 }
 
-// add takes e, behind the fence if one is up; a pin id this replica did not have yet raises it.
-func (p *partition) add(ctx context.Context, e *entry, pin string) {
+// add takes e, behind the fence if one is up.
+func (p *partition) add(e *entry) {
 	p.mu.Lock()
 	e.kept = time.Now()
 	p.held++
 	p.last = max(p.last, e.seq)
-	if pin != p.pin {
-		p.pin = pin
-		if !p.fenced {
-			p.fenced = true
-			go p.lift(ctx)
-		}
-	}
 	if p.fenced {
 		p.fence = append(p.fence, e)
 		p.mu.Unlock()
@@ -257,6 +272,13 @@ func (p *partition) add(ctx context.Context, e *entry, pin string) {
 	}
 	p.mu.Unlock()
 	p.w.sched.add(e)
+}
+
+// lapsed reports whether the partition's last lease lapsed rather than ending cleanly.
+func (p *partition) lapsed() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.lease != nil && p.lease.lapsed.Load()
 }
 
 // lift takes the fence down once every event pending on the consumer is one this replica
@@ -293,8 +315,9 @@ func (p *partition) lift(ctx context.Context) {
 			// Under the lock, so that no event taken after the fence is queued before these.
 			fence := p.fence
 			slices.SortFunc(fence, func(a, b *entry) int { return cmp.Compare(a.seq, b.seq) })
-			for _, e := range fence {
-				w.sched.add(e)
+			if !w.sched.addAll(fence) {
+				p.mu.Unlock()
+				return // shutting down: the fence's events are handed back with the rest
 			}
 			p.fence, p.fenced = nil, false
 			p.mu.Unlock()
@@ -364,30 +387,4 @@ func (p *partition) info(ctx context.Context) (*jetstream.ConsumerInfo, error) {
 	p.lowest = lowest
 	p.mu.Unlock()
 	return info, nil
-}
-
-// checkPin hands back what this replica holds of the partition but is not running, once the
-// consumer is pinned to another replica: that replica's fence waits for these events.
-func (p *partition) checkPin(info *jetstream.ConsumerInfo) {
-	now := ""
-	for _, g := range info.PriorityGroups {
-		if g.Group == priorityGroup {
-			now = g.PinnedClientID
-		}
-	}
-	p.mu.Lock()
-	lost := p.pin != "" && now != "" && now != p.pin
-	if lost {
-		p.pin = ""
-	}
-	p.mu.Unlock()
-	if !lost {
-		return
-	}
-	w := p.w
-	released := append(p.dropFence(), w.sched.release(p)...)
-	w.log.Warn("partition now pinned to another replica; handing back its waiting events", "partition", p.k, "events", len(released))
-	for _, e := range released {
-		w.handBack(e, 0, deferReleased)
-	}
 }

@@ -150,6 +150,10 @@ func (w *Worker) run(ctx context.Context, e *entry) verdict {
 	if e.final != nil {
 		return *e.final // decided; only the answer is left to publish
 	}
+	if !e.part.owned.Load() {
+		// The partition went to another replica meanwhile: nothing of it runs here now.
+		return verdict{kind: verdictHandBack, reason: deferReleased}
+	}
 	w.m.inFlight.Inc()
 	defer w.m.inFlight.Dec()
 	for e.step < len(w.steps) {
@@ -182,6 +186,10 @@ func (w *Worker) settle(ctx context.Context, e *entry, v verdict) {
 		w.sched.done(e)
 		e.part.settled()
 	case verdictWait:
+		if !e.part.owned.Load() {
+			w.handBack(e, 0, deferReleased) // its partition went to another replica while it ran
+			return
+		}
 		w.park(e, v)
 	case verdictHandBack:
 		w.handBack(e, v.delay, v.reason)
@@ -208,15 +216,19 @@ func (w *Worker) park(e *entry, v verdict) {
 	w.sched.wait(e, v.until, v.reason == deferHeld, v.target)
 }
 
-// handBack naks e to JetStream, to be delivered again after delay, and forgets it.
+// handBack naks e to JetStream, to be delivered again after delay, and forgets it. If its
+// partition's lease lapsed, e is only forgotten: JetStream redelivers it once its AckWait ends,
+// and a nak now could hit the delivery another replica runs.
 func (w *Worker) handBack(e *entry, delay time.Duration, reason deferReason) {
 	if e.marked || e.delivered > 1 {
 		w.ledger.decided(e)
 	}
 	var err error
-	if delay > 0 {
+	switch {
+	case e.part.lapsed():
+	case delay > 0:
 		err = e.msg.NakWithDelay(delay)
-	} else {
+	default:
 		err = e.msg.Nak()
 	}
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
+	"time"
 
 	"github.com/pamworker/pamworker/events"
 	"github.com/pamworker/pamworker/handlers"
@@ -32,14 +33,19 @@ func recoverHandler(log *slog.Logger) handlers.Middleware {
 }
 
 // runSafely runs e through the pipeline and settles it and, if the worker's own code panics
-// outside a handler, logs it and hands the event back to JetStream rather than losing it or
-// the process.
+// outside a handler, logs it and lets the event wait to be run again rather than losing it or
+// the process. It waits at the head of its object's queue, so no later event about the object
+// overtakes it.
 func (w *Worker) runSafely(ctx context.Context, e *entry) {
 	defer func() {
 		if p := recover(); p != nil {
-			w.log.Error("processing panicked; event handed back to JetStream", "subject", e.msg.Subject(),
+			w.log.Error("processing panicked; the event waits and runs again", "subject", e.msg.Subject(),
 				"panic", fmt.Sprint(p), "stack", string(debug.Stack()))
-			w.handBack(e, w.cfg.RedeliveryDelay, deferRetry)
+			if e.part.owned.Load() {
+				w.park(e, waitUntil(time.Now().Add(w.cfg.RedeliveryDelay), deferRetry))
+			} else {
+				w.handBack(e, 0, deferReleased)
+			}
 		}
 	}()
 	w.settle(ctx, e, w.run(ctx, e))

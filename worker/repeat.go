@@ -13,17 +13,12 @@ import (
 
 // repeat answers a repeated event from the ledger: only when it is the same event (the
 // record's digest is its digest); another event under a used id is refused, never answered as
-// done.
-//
-// Two kinds of events need no read. A generated id is new by construction. And an event whose
-// Nats-Msg-Id is its event id, on its first delivery, cannot have been preceded by another
-// such event with that id while the stream's duplicate window covers the ledger's TTL: the
-// stream would have dropped it (its publisher was told, and `pamworker send` shows the
-// recorded result or the conflict). An earlier event that carried the id only in its payload
-// may exist; it cannot claim the id from this one: its result was published under a message
-// id of its own (see publish), and this event runs.
+// done. Every event with an id of its own is looked up: neither its first delivery nor the
+// stream's duplicate window proves it new (a consumer created later starts back in the
+// stream; a stream recreated forgets its window; the window counts from the publish and the
+// ledger from the answer). Only a generated id is new by construction.
 func (w *Worker) repeat(ctx context.Context, e *entry) verdict {
-	if e.ev.ID == e.generated || (w.dedupCoversLedger && e.strict() && e.delivered == 1) {
+	if e.ev.ID == e.generated {
 		return next()
 	}
 	prior, err := w.ledger.result(ctx, e.ev.ID)

@@ -15,10 +15,8 @@ import (
 type scheduler struct {
 	mu      sync.Mutex
 	cond    *sync.Cond          // runners wait here for ready events
-	room    *sync.Cond          // feeds wait here for room (see waitRoom)
 	objects map[string][]*entry // by object key; the head is [0]
 	total   int                 // events held
-	parked  int                 // events in queues whose head waits
 	ready   []*entry            // heads that may run now, oldest first
 	held    map[*entry]bool     // heads waiting for a blast-radius window
 	down    map[string]map[*entry]bool
@@ -28,36 +26,8 @@ type scheduler struct {
 
 func newScheduler() *scheduler {
 	s := &scheduler{objects: map[string][]*entry{}, held: map[*entry]bool{}, down: map[string]map[*entry]bool{}}
-	s.cond, s.room = sync.NewCond(&s.mu), sync.NewCond(&s.mu)
+	s.cond = sync.NewCond(&s.mu)
 	return s
-}
-
-// parkedIn is how many events of key's queue count as parked: all of them while its head waits.
-func (s *scheduler) parkedIn(key string) int {
-	if q := s.objects[key]; len(q) > 0 && q[0].state == stateWaiting {
-		return len(q)
-	}
-	return 0
-}
-
-// change applies f to key's queue, keeping the parked count and waking a feed if there is
-// room again.
-func (s *scheduler) change(key string, f func()) {
-	before := s.parkedIn(key)
-	f()
-	s.parked += s.parkedIn(key) - before
-	s.room.Broadcast()
-}
-
-// waitRoom blocks a feed while the events held and not parked — those that will run soon —
-// reach limit: a burst is taken in as fast as the runners take it, not all at once, while
-// waiting events (held by a limit, behind a target that is down) leave room for the rest.
-func (s *scheduler) waitRoom(limit int) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for !s.closed && s.total-s.parked >= limit {
-		s.room.Wait()
-	}
 }
 
 // add queues e behind the earlier events about its object; it is ready at once if there are
@@ -65,15 +35,30 @@ func (s *scheduler) waitRoom(limit int) {
 func (s *scheduler) add(e *entry) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.addLocked(e)
+}
+
+// addAll adds es in order, unless the scheduler is closed (then it adds none).
+func (s *scheduler) addAll(es []*entry) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	for _, e := range es {
+		s.addLocked(e)
+	}
+	return true
+}
+
+func (s *scheduler) addLocked(e *entry) {
 	e.kept = time.Now()
 	s.total++
-	s.change(e.key, func() {
-		q := append(s.objects[e.key], e)
-		s.objects[e.key] = q
-		if len(q) == 1 {
-			s.readyLocked(e)
-		}
-	})
+	q := append(s.objects[e.key], e)
+	s.objects[e.key] = q
+	if len(q) == 1 {
+		s.readyLocked(e)
+	}
 }
 
 func (s *scheduler) readyLocked(e *entry) {
@@ -114,19 +99,17 @@ func (s *scheduler) removeLocked(e *entry) {
 		return // not held here (taken behind a fence, or removed already)
 	}
 	s.total--
-	s.change(e.key, func() {
-		e.state = stateGone
-		s.stopWaitLocked(e)
-		q = append(q[:i:i], q[i+1:]...)
-		if len(q) == 0 {
-			delete(s.objects, e.key)
-			return
-		}
-		s.objects[e.key] = q
-		if q[0].state == stateQueued {
-			s.readyLocked(q[0])
-		}
-	})
+	e.state = stateGone
+	s.stopWaitLocked(e)
+	q = append(q[:i:i], q[i+1:]...)
+	if len(q) == 0 {
+		delete(s.objects, e.key)
+		return
+	}
+	s.objects[e.key] = q
+	if q[0].state == stateQueued {
+		s.readyLocked(q[0])
+	}
 }
 
 // wait parks e, a head, until until (zero: until woken), for reason; a held event is woken by
@@ -137,7 +120,7 @@ func (s *scheduler) wait(e *entry, until time.Time, held bool, target string) {
 	if s.closed || e.state == stateGone {
 		return
 	}
-	s.change(e.key, func() { e.state = stateWaiting })
+	e.state = stateWaiting
 	e.wake++
 	token := e.wake
 	if held {
@@ -165,10 +148,8 @@ func (s *scheduler) wakeIf(e *entry, token int) {
 
 // wakeLocked makes e, a waiting head, ready.
 func (s *scheduler) wakeLocked(e *entry) {
-	s.change(e.key, func() {
-		s.stopWaitLocked(e)
-		s.readyLocked(e)
-	})
+	s.stopWaitLocked(e)
+	s.readyLocked(e)
 }
 
 func (s *scheduler) stopWaitLocked(e *entry) {
@@ -230,7 +211,7 @@ func (s *scheduler) stale(every time.Duration) []*entry {
 }
 
 // release removes and returns the events of partition p that are not running, so that they
-// can be handed back to JetStream (p lost its pin to another replica).
+// can be handed back to JetStream (p is given to another replica).
 func (s *scheduler) release(p *partition) []*entry {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -267,7 +248,6 @@ func (s *scheduler) close() {
 	defer s.mu.Unlock()
 	s.closed = true
 	s.cond.Broadcast()
-	s.room.Broadcast()
 }
 
 // drain removes and returns every event still held, once the runners have stopped.
@@ -282,7 +262,7 @@ func (s *scheduler) drain() []*entry {
 		s.stopWaitLocked(e)
 		e.state = stateGone
 	}
-	s.objects, s.ready, s.total, s.parked = map[string][]*entry{}, nil, 0, 0
+	s.objects, s.ready, s.total = map[string][]*entry{}, nil, 0
 	return out
 }
 

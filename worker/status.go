@@ -107,8 +107,4 @@ func TargetDown(replicas []ReplicaStatus, target string) (TargetStatus, bool) {
 }
 
 // reportChange renews this replica's report now: a target went down or came back.
-func (w *Worker) reportChange() {
-	if w.members != nil {
-		w.members.changed()
-	}
-}
+func (w *Worker) reportChange() { w.members.changed() }

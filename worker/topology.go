@@ -169,29 +169,20 @@ func (t Topology) PartitionConsumer(k int) string { return t.Consumer + "-p" + s
 // partition count or of an earlier version (its router).
 func (t Topology) IsOurs(name string) bool { return strings.HasPrefix(name, t.Consumer+"-") }
 
-// priorityGroup is the pinned priority group every replica pulls in: the server hands a
-// partition's events to one replica at a time, and fails over when it stops pulling.
-const priorityGroup = "pamworker"
-
 // consumerSettings is the configuration of partition k's consumer. AckWait is short, and kept
-// alive by InProgress while an event is held; PinnedTTL — how long after a replica stops
-// pulling another may take over — is AckWait too, with a floor above the pull expiry.
+// alive by InProgress while an event is held. Which replica pulls it is decided by the
+// partition's lease (members.go), not by the consumer.
 func consumerSettings(t Topology, k int, ackWait time.Duration, maxHeld int) jetstream.ConsumerConfig {
 	return jetstream.ConsumerConfig{
-		Durable:        t.PartitionConsumer(k),
-		Description:    "pamworker: events of partition " + strconv.Itoa(k),
-		AckPolicy:      jetstream.AckExplicitPolicy,
-		AckWait:        ackWait,
-		MaxDeliver:     -1, // events waiting for a target that refuses the worker must not be dropped
-		MaxAckPending:  maxHeld,
-		DeliverPolicy:  jetstream.DeliverAllPolicy,
-		PriorityPolicy: jetstream.PriorityPolicyPinned,
-		PriorityGroups: []string{priorityGroup},
-		PinnedTTL:      pinnedTTL(ackWait),
+		Durable:       t.PartitionConsumer(k),
+		Description:   "pamworker: events of partition " + strconv.Itoa(k),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       ackWait,
+		MaxDeliver:    -1, // events waiting for a target that refuses the worker must not be dropped
+		MaxAckPending: maxHeld,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
 	}
 }
-
-func pinnedTTL(ackWait time.Duration) time.Duration { return max(ackWait, 3*time.Second) }
 
 // ensureConsumer creates partition k's consumer, or updates the one there, keeping its place
 // in the stream. A new consumer starts at the beginning of the stream — unless another of the
@@ -237,18 +228,6 @@ func ensureConsumer(ctx context.Context, js jetstream.JetStream, t Topology, k i
 		return nil, fmt.Errorf("consumer %s on %s: %w", cfg.Durable, t.EventsStream, err)
 	}
 	return cons, nil
-}
-
-// dedupAndTTL returns the events stream's duplicate window and the ledger's TTL, as they are
-// (an operator may have created them).
-func dedupAndTTL(ctx context.Context, js jetstream.JetStream, t Topology, kv jetstream.KeyValue) (window, ttl time.Duration) {
-	if s, err := js.Stream(ctx, t.EventsStream); err == nil {
-		window = s.CachedInfo().Config.Duplicates
-	}
-	if st, err := kv.Status(ctx); err == nil {
-		ttl = st.TTL()
-	}
-	return window, ttl
 }
 
 // position is where in which stream a recreated consumer resumes: seq, if the stream is still

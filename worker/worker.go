@@ -104,17 +104,14 @@ type Worker struct {
 	handler handlers.Handler // the registry behind the handler middleware, built once
 	steps   []step
 
-	ledger *ledger
-	holds  *holds
-	// dedupCoversLedger: the events stream's duplicate window is at least the ledger's TTL, so
-	// a first delivery whose Nats-Msg-Id is its event id needs no ledger read (see repeat).
-	dedupCoversLedger bool
-	members           *members // nil if its bucket is out of reach (one partition only)
-	sched             *scheduler
-	consuming         atomic.Bool
-	paused            atomic.Pointer[time.Time] // until when an operator paused consumption; nil if not
-	progress          *progress
-	stalled           atomic.Pointer[string] // why the worker counts as stalled; nil if it does not
+	ledger    *ledger
+	holds     *holds
+	members   *members
+	sched     *scheduler
+	consuming atomic.Bool
+	paused    atomic.Pointer[time.Time] // until when an operator paused consumption; nil if not
+	progress  *progress
+	stalled   atomic.Pointer[string] // why the worker counts as stalled; nil if it does not
 }
 
 // New returns a Worker that will consume through nc and dispatch through reg.
@@ -158,12 +155,6 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	w.ledger = newLedger(kv)
 	w.holds = newHolds(kv)
-	window, ttl := dedupAndTTL(ctx, w.js, w.cfg.Topology, kv)
-	w.dedupCoversLedger = ttl > 0 && window >= ttl
-	if !w.dedupCoversLedger {
-		w.log.Info("the ledger is read for every event: the events stream's duplicate window is shorter than the ledger TTL",
-			"duplicate_window", window.String(), "ledger_ttl", ttl.String())
-	}
 	// Create every consumer before reporting ready, so a test or an operator that sees /readyz
 	// sees a worker that can take events.
 	parts, err := w.partitions(ctx)
@@ -171,18 +162,17 @@ func (w *Worker) Run(ctx context.Context) error {
 		return err
 	}
 	id := w.newID()
-	if w.members, err = newMembers(ctx, w.js, w.cfg.Topology, id, w.report(id)); err != nil {
-		if w.cfg.Partitions > 1 {
-			return fmt.Errorf("members bucket %s: %w", w.cfg.Topology.MembersBucket, err)
-		}
-		// One partition needs no list; only the replica's report is missing.
-		w.log.Warn("members bucket unavailable: this replica's status is not reported", "bucket", w.cfg.Topology.MembersBucket, "error", err)
-		w.members = nil
+	if w.members, err = newMembers(ctx, w.js, w.cfg.Topology, id, w.cfg.Partitions, w.report(id)); err != nil {
+		return fmt.Errorf("members bucket %s: %w", w.cfg.Topology.MembersBucket, err)
 	}
 
-	// hard ends running work; it outlives ctx by the shutdown grace.
+	// hard ends running work; it outlives ctx by the shutdown grace. life ends after that,
+	// once everything is handed back: until then held events are kept alive and the leases
+	// renewed, so no other replica takes an event this one still runs.
 	hard, cancelHard := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelHard()
+	life, endLife := context.WithCancel(context.WithoutCancel(ctx))
+	defer endLife()
 	w.sched = newScheduler()
 	var runners sync.WaitGroup
 	for range w.cfg.Concurrency {
@@ -194,10 +184,8 @@ func (w *Worker) Run(ctx context.Context) error {
 		feeds.Add(1)
 		go func() { defer feeds.Done(); p.run(ctx) }()
 	}
-	if w.members != nil {
-		go w.members.run(ctx)
-	}
-	go w.keepAlive(ctx, parts)
+	go w.members.run(life)
+	go w.keepAlive(life, parts)
 	go w.holds.watch(ctx, w.log, w.sched.wakeHeld)
 	go w.watch(ctx, parts)
 	w.consuming.Store(true)
@@ -228,6 +216,15 @@ func (w *Worker) Run(ctx context.Context) error {
 	if err := w.nc.Flush(); err != nil {
 		w.log.Warn("flushing acks", "error", err)
 	}
+	// Everything is settled or handed back: the leases can go, and the next owner need not
+	// wait for them to lapse.
+	endLife()
+	for _, p := range parts {
+		if !p.lapsed() {
+			w.members.release(p.k)
+		}
+	}
+	w.members.leave()
 	w.log.Info("stopped consuming")
 	return nil
 }
@@ -267,8 +264,8 @@ func (w *Worker) keepAlive(ctx context.Context, parts []*partition) {
 	}
 }
 
-// watch follows each partition consumer every second — pause state, who holds the pin, whether
-// events wait in the stream — and the stall check.
+// watch follows each partition consumer every second — pause state, whether events wait in
+// the stream — and the stall check.
 func (w *Worker) watch(ctx context.Context, parts []*partition) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
@@ -285,7 +282,6 @@ func (w *Worker) watch(ctx context.Context, parts []*partition) {
 			} else {
 				waiting = waiting || info.NumPending > 0
 			}
-			p.checkPin(info)
 		}
 		w.setPaused(paused, until)
 		w.checkStall(waiting)
