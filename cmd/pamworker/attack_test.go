@@ -111,7 +111,9 @@ func TestAttackHeaders(t *testing.T) {
 		func() (string, string) { return "Pamworker-Park-Id", "1" },
 		func() (string, string) { return worker.DigestHeader, "0000" },
 		func() (string, string) { return "Nats-Pin-Id", "forged-pin" }, // the server appends its own
-		func() (string, string) { return "traceparent", "00-" + strings.Repeat("f", 32) + "-" + strings.Repeat("f", 16) + "-01" },
+		func() (string, string) {
+			return "traceparent", "00-" + strings.Repeat("f", 32) + "-" + strings.Repeat("f", 16) + "-01"
+		},
 	}
 	var sent []string
 	for i, hdr := range headers {
