@@ -7,6 +7,8 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"net/url"
+	"strings"
 	"time"
 )
 
@@ -52,6 +54,26 @@ func NewHTTPClient(o ClientOptions) *http.Client {
 			return ErrRedirect
 		},
 	}
+}
+
+// Send sends req on hc's transport itself. pamworker never follows a redirect, so it needs
+// none of http.Client's redirect machinery, which copies every request's headers; a redirect
+// is ErrRedirect, as with the clients NewHTTPClient makes. Errors read as http.Client's do.
+func Send(hc *http.Client, req *http.Request) (*http.Response, error) {
+	rt := hc.Transport
+	if rt == nil {
+		rt = http.DefaultTransport
+	}
+	op := req.Method[:1] + strings.ToLower(req.Method[1:])
+	resp, err := rt.RoundTrip(req)
+	if err != nil {
+		return nil, &url.Error{Op: op, URL: req.URL.Redacted(), Err: err}
+	}
+	if resp.StatusCode >= 300 && resp.StatusCode < 400 && resp.Header.Get("Location") != "" {
+		resp.Body.Close()
+		return nil, &url.Error{Op: op, URL: req.URL.Redacted(), Err: ErrRedirect}
+	}
+	return resp, nil
 }
 
 // Call names the API call a request belongs to, carried in its context so the transport can

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -36,13 +37,14 @@ var routes = []route{
 			422: "rejected: invalid, refused (protected object, signature ...), or an id already used by another event; the body is a rejected result",
 			429: "the caller is over its rate: retry after Retry-After",
 			502: "failed: the vendor refused, or retries ran out; the body is the failed result",
-			503: "the event could not be queued (NATS unavailable): nothing was done, send it again",
+			503: "queued, but its target is down (refuses the worker, or its circuit is open) and it waits for it: poll Location after Retry-After (application/json, Pending); or the event could not be queued (NATS unavailable): nothing was done, send it again (application/problem+json)",
 		}},
 	{http.MethodGet, "/v1/results/{event_id}", "getResult",
 		"The result of an event: the same statuses as the POST once it exists, 202 while it is pending, 404 for an id never seen.",
 		map[int]string{
 			200: "succeeded", 202: "pending: retry after Retry-After", 401: "no or unknown token or client certificate",
-			404: "no such event (or not one of the caller's subjects)", 422: "rejected", 502: "failed", 503: "not readable now",
+			404: "no such event (or not one of the caller's subjects)", 422: "rejected", 502: "failed",
+			503: "pending, and its target is down (Pending, with Location and Retry-After); or not readable now (Problem)",
 		}},
 	{http.MethodGet, "/v1/openapi.json", "openapi", "This document.", map[int]string{200: "the OpenAPI 3.1 document"}},
 }
@@ -64,12 +66,16 @@ func openAPI() map[string]any {
 				resp["content"] = map[string]any{"application/json": map[string]any{"schema": map[string]any{"type": "object"}}}
 			case c == 200 || c == 422 || c == 502:
 				resp["content"] = map[string]any{"application/json": map[string]any{"schema": map[string]any{"$ref": "#/components/schemas/Result"}}}
-			case c == 202:
+			case c == 202 || c == 503:
 				resp["headers"] = map[string]any{
 					"Location":    map[string]any{"schema": map[string]any{"type": "string"}, "description": "where the result will be"},
 					"Retry-After": map[string]any{"schema": map[string]any{"type": "integer"}},
 				}
-				resp["content"] = map[string]any{"application/json": map[string]any{"schema": map[string]any{"$ref": "#/components/schemas/Pending"}}}
+				content := map[string]any{"application/json": map[string]any{"schema": map[string]any{"$ref": "#/components/schemas/Pending"}}}
+				if c == 503 {
+					content["application/problem+json"] = map[string]any{"schema": map[string]any{"$ref": "#/components/schemas/Problem"}}
+				}
+				resp["content"] = content
 			default:
 				resp["content"] = map[string]any{"application/problem+json": map[string]any{"schema": map[string]any{"$ref": "#/components/schemas/Problem"}}}
 			}
@@ -102,7 +108,7 @@ func openAPI() map[string]any {
 		if item == nil {
 			item = map[string]any{}
 		}
-		item[lower(rt.method)] = op
+		item[strings.ToLower(rt.method)] = op
 		paths[rt.path] = item
 	}
 	str := map[string]any{"type": "string"}
@@ -132,21 +138,13 @@ func openAPI() map[string]any {
 							"http_status": map[string]any{"type": "integer"}, "retryable": map[string]any{"type": "boolean"}}},
 						"correlation_id": str, "requested_by": str, "duration_ms": map[string]any{"type": "number"},
 						"finished_at": str, "details": map[string]any{"type": "object"}}},
-				"Pending": map[string]any{"type": "object", "properties": map[string]any{"event_id": str, "status": map[string]any{"const": "pending"}, "location": str}},
+				"Pending": map[string]any{"type": "object", "required": []string{"event_id", "status", "location"},
+					"properties": map[string]any{"event_id": str, "status": map[string]any{"const": "pending"}, "location": str,
+						"target": str, "target_state": map[string]any{"type": "string", "enum": []string{"refused", "circuit_open"}}, "reason": str}},
 				"Problem": map[string]any{"type": "object", "properties": map[string]any{"type": str, "title": str, "status": map[string]any{"type": "integer"}, "detail": str}},
 			},
 		},
 	}
-}
-
-func lower(s string) string {
-	b := []byte(s)
-	for i, c := range b {
-		if c >= 'A' && c <= 'Z' {
-			b[i] = c + 'a' - 'A'
-		}
-	}
-	return string(b)
 }
 
 // openapi is GET /v1/openapi.json (no authentication: it describes, it reveals nothing).

@@ -111,6 +111,26 @@ func eventIDOf(data []byte) string {
 	return string(rest[:end])
 }
 
+// storedDigest is the digest of the event stored at seq under id ("" if it is not there).
+func (s *Server) storedDigest(ctx context.Context, seq uint64, id string) (string, error) {
+	stream, err := s.js.Stream(ctx, worker.DefaultTopology().EventsStream)
+	if err != nil {
+		return "", err
+	}
+	m, err := stream.GetMsg(ctx, seq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	if m.Header.Get(jetstream.MsgIDHeader) != id {
+		return "", nil
+	}
+	ev, _ := events.Decode(m.Subject, m.Data, id, 1<<20, func() string { return id })
+	return ev.Digest(), nil
+}
+
 // lookup finds the result of the event id stored at sequence seq of the events stream, after
 // the fact: in the ledger (where every admitted event's result is recorded), or else among the
 // results published for its action since it arrived (a refusal, which is not recorded).

@@ -180,12 +180,15 @@ func (s *Server) postAction(w http.ResponseWriter, r *http.Request) {
 		// The stream holds an event with this id already: the same one retried (answer with its
 		// result), or another one (a conflict, never answered as done).
 		raw, recorded, err := worker.RecordedResult(r.Context(), s.js, ev.ID)
-		if err == nil && raw != nil {
-			if recorded != digest {
-				refuse(w, http.StatusUnprocessableEntity, ev, c, &events.Rejection{Code: events.CodeIDConflict, Message: fmt.Sprintf(
-					"event id %q is already the id of another event; this one was not accepted: give it an id of its own", ev.ID)})
-				return
-			}
+		if err == nil && raw == nil {
+			recorded, err = s.storedDigest(r.Context(), ack.Sequence, ev.ID) // not answered yet
+		}
+		if err == nil && recorded != "" && recorded != digest {
+			refuse(w, http.StatusUnprocessableEntity, ev, c, &events.Rejection{Code: events.CodeIDConflict, Message: fmt.Sprintf(
+				"event id %q is already the id of another event; this one was not accepted: give it an id of its own", ev.ID)})
+			return
+		}
+		if raw != nil {
 			answer(w, raw, ev.ID)
 			return
 		}

@@ -16,14 +16,13 @@ import (
 	"github.com/nats-io/nats.go"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"go.opentelemetry.io/otel"
-	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
-	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
 	"go.opentelemetry.io/otel/exporters/stdout/stdouttrace"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 )
 
 // Name is the instrumentation scope of pamworker's own spans.
@@ -42,9 +41,8 @@ func init() { otel.SetTextMapPropagator(propagation.TraceContext{}) }
 // Setup turns tracing on when the environment asks for it — OTEL_TRACES_EXPORTER names an
 // exporter (otlp, console), or an OTLP endpoint is set (OTEL_EXPORTER_OTLP_ENDPOINT,
 // OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) — and returns the function that flushes and stops it.
-// The OTLP exporter reads its own variables (endpoint, headers, certificate, timeout) as the
-// specification defines them; the protocol is http/protobuf unless
-// OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL says grpc. OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES,
+// The OTLP exporter (otlp.go) reads the specification's variables (endpoint, headers,
+// certificate, timeout) and speaks http/json. OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES,
 // OTEL_TRACES_SAMPLER and OTEL_BSP_* apply as usual. OTEL_SDK_DISABLED=true keeps it off.
 func Setup(ctx context.Context, getenv func(string) string, service, version string) (func(context.Context) error, error) {
 	none := func(context.Context) error { return nil }
@@ -61,7 +59,7 @@ func Setup(ctx context.Context, getenv func(string) string, service, version str
 		var err error
 		switch strings.TrimSpace(name) {
 		case "otlp":
-			exp, err = otlpExporter(ctx, getenv)
+			exp, err = newExporter(getenv)
 		case "console":
 			exp, err = stdouttrace.New(stdouttrace.WithWriter(os.Stderr)) // stdout is a command's result
 		case "none":
@@ -86,22 +84,20 @@ func Setup(ctx context.Context, getenv func(string) string, service, version str
 	enabled.Store(true)
 	return func(ctx context.Context) error {
 		enabled.Store(false)
+		otel.SetTracerProvider(noop.NewTracerProvider())
 		return tp.Shutdown(ctx)
 	}, nil
 }
 
-func otlpExporter(ctx context.Context, getenv func(string) string) (sdktrace.SpanExporter, error) {
+func newExporter(getenv func(string) string) (sdktrace.SpanExporter, error) {
 	protocol := getenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
 	if protocol == "" {
 		protocol = getenv("OTEL_EXPORTER_OTLP_PROTOCOL")
 	}
-	switch protocol {
-	case "", "http/protobuf":
-		return otlptracehttp.New(ctx)
-	case "grpc":
-		return otlptracegrpc.New(ctx)
+	if protocol != "" && protocol != "http/json" {
+		return nil, fmt.Errorf("OTEL_EXPORTER_OTLP_PROTOCOL %q: pamworker sends OTLP over HTTP in JSON (http/json, an OTLP receiver's port 4318); set http/json or leave it unset", protocol)
 	}
-	return nil, fmt.Errorf("OTEL_EXPORTER_OTLP_PROTOCOL %q: pamworker speaks http/protobuf and grpc", protocol)
+	return newOTLPExporter(getenv)
 }
 
 // HTTPHandler wraps h in a server span per request (otelhttp) when tracing is on; the span is

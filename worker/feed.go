@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -28,21 +29,22 @@ type partition struct {
 
 	mu      sync.Mutex
 	cons    jetstream.Consumer
-	lease   *lease    // the lease held, or last held
-	fenced  bool      // a fence is up: taken events wait in fence
-	fence   []*entry  // taken while the fence is up
-	held    int       // events taken and not settled (the fence's count)
-	settles int       // settles so far, so the fence can tell a count taken mid-settle
-	last    uint64    // the highest stream sequence taken
-	lowest  uint64    // the lowest stream sequence held when last asked
-	created time.Time // when the events stream those sequences belong to was created
+	lease   *lease         // the lease held, or last held
+	fenced  bool           // a fence is up: taken events wait in fence
+	fence   []*entry       // taken while the fence is up
+	held    int            // events taken and not settled (the fence's count)
+	ids     map[string]int // the event ids of those events (see prefetch)
+	settles int            // settles so far, so the fence can tell a count taken mid-settle
+	last    uint64         // the highest stream sequence taken
+	lowest  uint64         // the lowest stream sequence held when last asked
+	created time.Time      // when the events stream those sequences belong to was created
 }
 
 // partitions creates this replica's side of every partition consumer.
 func (w *Worker) partitions(ctx context.Context) ([]*partition, error) {
 	var out []*partition
 	for k := range w.cfg.Partitions {
-		p := &partition{w: w, k: k}
+		p := &partition{w: w, k: k, ids: map[string]int{}}
 		cons, err := ensureConsumer(ctx, w.js, w.cfg.Topology, k, w.cfg.AckWait, w.cfg.MaxHeld, position{}, w.log)
 		if err != nil {
 			return nil, err
@@ -106,13 +108,39 @@ func (p *partition) acquire(ctx context.Context) (*lease, bool) {
 }
 
 // consume pulls the partition's events until ctx ends or the lease ends, recreating the
-// consumer if it disappears.
+// consumer if it disappears. It pulls in batches no larger than the room left for events
+// that will run soon (see waitRoom), and takes each message as it arrives: nothing waits
+// unseen in the client's buffer, where it would not be kept alive.
 func (p *partition) consume(ctx context.Context, l *lease) {
 	w := p.w
+	stop := make(chan struct{})
+	go func() {
+		select {
+		case <-l.lost:
+			p.owned.Store(false) // nothing more of it runs here
+		case <-ctx.Done():
+		}
+		close(stop)
+		w.sched.poke() // out of waitRoom
+	}()
 	errs, lastErr := 0, ""
 	for ctx.Err() == nil && !l.ended() {
-		iter, err := p.messages(ctx)
-		if err != nil {
+		room := w.sched.waitRoom(4*w.cfg.Concurrency, stop)
+		if room == 0 {
+			continue // stopping
+		}
+		batch, err := p.fetch(ctx, room)
+		if err == nil {
+			if p.takeBatch(ctx, batch.Messages()) {
+				// These consumers have no priority group, so the server adds no pin id: a
+				// Nats-Pin-Id on a message is its publisher's. nats.go adopts it for the next
+				// pull, which the server then refuses; a fresh handle has none.
+				p.renew(ctx)
+			}
+			err = batch.Error()
+		}
+		if err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, nats.ErrTimeout) {
+			p.forget(err)
 			if err.Error() != lastErr {
 				w.log.Warn("partition consumer unavailable", "partition", p.k, "error", err)
 				lastErr = err.Error()
@@ -120,26 +148,11 @@ func (p *partition) consume(ctx context.Context, l *lease) {
 			errs++
 			select {
 			case <-time.After(min(time.Duration(errs)*200*time.Millisecond, 2*time.Second)):
-			case <-ctx.Done():
-			case <-l.lost:
+			case <-stop:
 			}
 			continue
 		}
 		errs, lastErr = 0, ""
-		stop := context.AfterFunc(ctx, func() { iter.Drain() })
-		done := make(chan struct{})
-		go func() {
-			select {
-			case <-l.lost:
-				p.owned.Store(false) // nothing more of it runs here
-				iter.Drain()         // what is buffered comes through take, which hands it back
-			case <-done:
-			}
-		}()
-		p.take(ctx, iter)
-		close(done)
-		stop()
-		iter.Stop()
 	}
 }
 
@@ -164,8 +177,10 @@ func (p *partition) handOver(l *lease) {
 	w.log.Info("partition given to another replica", "partition", p.k, "events_handed_back", len(released))
 }
 
-// messages opens a pull on the partition's consumer, creating it first if it is gone.
-func (p *partition) messages(ctx context.Context) (jetstream.MessagesContext, error) {
+// fetch asks the partition's consumer for up to n events, creating it first if it is gone.
+// The request lasts a second at most, so a replica that stops or loses the lease is never
+// long in the middle of one.
+func (p *partition) fetch(ctx context.Context, n int) (jetstream.MessageBatch, error) {
 	w := p.w
 	p.mu.Lock()
 	cons := p.cons
@@ -183,12 +198,27 @@ func (p *partition) messages(ctx context.Context) (jetstream.MessagesContext, er
 		p.cons = cons
 		p.mu.Unlock()
 	}
-	iter, err := cons.Messages(jetstream.PullMaxMessages(min(w.cfg.MaxHeld, max(64, 2*w.cfg.Concurrency))), jetstream.PullExpiry(5*time.Second))
+	return cons.Fetch(n, jetstream.FetchMaxWait(time.Second))
+}
+
+// renew replaces the consumer's handle by a fresh one, with no client-side state.
+func (p *partition) renew(ctx context.Context) {
+	p.mu.Lock()
+	cons := p.cons
+	p.mu.Unlock()
+	if cons == nil {
+		return
+	}
+	fresh, err := p.w.js.Consumer(ctx, p.w.cfg.Topology.EventsStream, cons.CachedInfo().Name)
 	if err != nil {
 		p.forget(err)
-		return nil, err
+		return
 	}
-	return iter, nil
+	p.mu.Lock()
+	if p.cons == cons {
+		p.cons = fresh
+	}
+	p.mu.Unlock()
 }
 
 // forget drops the consumer after an error that says it is gone, so it is recreated.
@@ -215,47 +245,98 @@ func (p *partition) resumeAt() position {
 	return position{seq: p.last + 1, created: p.created}
 }
 
-// take hands each message of iter to the scheduler until iter closes or fails. It takes
-// them as they come: the consumer's MaxAckPending bounds what a replica holds, and a message
-// left in the client's buffer would not be kept alive. Messages taken while shutting down or
-// giving the partition up go back to JetStream at once.
-func (p *partition) take(ctx context.Context, iter jetstream.MessagesContext) {
-	w := p.w
-	errs := 0
-	for {
-		msg, err := iter.Next()
-		if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-			return
+// takeBatch takes the messages of a fetch as they arrive, in groups: what has arrived by the
+// time the previous group is taken (one message when they trickle in, many in a burst). Each
+// group's ledger records are read with one request before its events are queued (prefetch).
+// It reports whether a message carried a Nats-Pin-Id header.
+func (p *partition) takeBatch(ctx context.Context, msgs <-chan jetstream.Msg) (pinHeader bool) {
+	group := make([]*entry, 0, 64)
+	take := func(msg jetstream.Msg) {
+		pinHeader = pinHeader || msg.Headers().Get("Nats-Pin-Id") != ""
+		if e := p.entryOf(ctx, msg); e != nil {
+			group = append(group, e)
 		}
-		if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) {
-			p.forget(err)
-			return
-		}
-		if err != nil {
-			// The iterator recovers from most errors by itself (missed heartbeats, a reconnect).
-			errs++
-			if errs > 20 {
-				return // start a new pull
-			}
+	}
+	for msg := range msgs {
+		take(msg)
+	arrived:
+		for len(group) < cap(group) {
 			select {
-			case <-time.After(min(time.Duration(errs)*100*time.Millisecond, 2*time.Second)):
-			case <-ctx.Done():
+			case m, ok := <-msgs:
+				if !ok {
+					break arrived
+				}
+				take(m)
+			default:
+				break arrived
 			}
-			continue
 		}
-		errs = 0
-		if ctx.Err() != nil || !p.owned.Load() {
-			if !p.lapsed() {
-				_ = msg.Nak()
-			}
-			continue
+		p.prefetch(ctx, group)
+		for _, e := range group {
+			p.add(e)
 		}
-		e := w.newEntry(msg, p)
-		if w.cfg.Partitions > 1 && partitionOf(e.key, w.cfg.Partitions) != p.k {
-			_ = msg.Ack() // another partition's event: its own consumer delivers it there
-			continue
+		group = group[:0]
+	}
+	return pinHeader
+}
+
+// entryOf makes the entry of one message, or nil for a message this replica does not keep:
+// one taken while shutting down or giving the partition up goes back to JetStream at once,
+// another partition's event is acknowledged (its own consumer delivers it there).
+func (p *partition) entryOf(ctx context.Context, msg jetstream.Msg) *entry {
+	w := p.w
+	if ctx.Err() != nil || !p.owned.Load() {
+		if !p.lapsed() {
+			_ = msg.Nak()
 		}
-		p.add(e)
+		return nil
+	}
+	e := w.newEntry(msg, p)
+	if w.cfg.Partitions > 1 && partitionOf(e.key, w.cfg.Partitions) != p.k {
+		_ = msg.Ack()
+		return nil
+	}
+	return e
+}
+
+// prefetchValid is how long a record read with an event's batch answers for it; an event
+// that runs later reads its own.
+const prefetchValid = time.Second
+
+// prefetch reads the ledger records of a group's events with one request instead of one
+// each. A record read now stays right for an event as long as no other event with its id is
+// answered meanwhile; the only ones that could be answered by this replica are events with
+// that id it holds, so an event whose id another held event (or another of the group) has
+// reads its own when it runs, as does every event if the batch read fails.
+func (p *partition) prefetch(ctx context.Context, group []*entry) {
+	if len(group) < 2 {
+		return // one event: its own read costs the same
+	}
+	p.mu.Lock()
+	count := map[string]int{}
+	for _, e := range group {
+		count[e.ev.ID]++
+	}
+	var want []*entry
+	var ids []string
+	for _, e := range group {
+		if e.decodeErr == nil && e.ev.ID != e.generated && count[e.ev.ID] == 1 && p.ids[e.ev.ID] == 0 {
+			want = append(want, e)
+			ids = append(ids, e.ev.ID)
+		}
+	}
+	p.mu.Unlock()
+	if len(ids) == 0 {
+		return
+	}
+	at := time.Now()
+	records, err := p.w.ledger.results(ctx, p.w.nc, ids)
+	if err != nil {
+		p.w.log.Debug("ledger batch read failed; each event reads its own", "error", err)
+		return
+	}
+	for _, e := range want {
+		e.prefetched, e.prefetchedAt, e.prior = true, at, records[e.ev.ID]
 	}
 }
 
@@ -264,6 +345,7 @@ func (p *partition) add(e *entry) {
 	p.mu.Lock()
 	e.kept = time.Now()
 	p.held++
+	p.ids[e.ev.ID]++
 	p.last = max(p.last, e.seq)
 	if p.fenced {
 		p.fence = append(p.fence, e)
@@ -362,9 +444,12 @@ func (p *partition) dropFence() []*entry {
 }
 
 // settled records that one of the partition's events was acked, termed or handed back.
-func (p *partition) settled() {
+func (p *partition) settled(e *entry) {
 	p.mu.Lock()
 	p.held--
+	if p.ids[e.ev.ID]--; p.ids[e.ev.ID] <= 0 {
+		delete(p.ids, e.ev.ID)
+	}
 	p.settles++
 	p.mu.Unlock()
 }

@@ -6,8 +6,11 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strconv"
+	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/pamworker/pamworker/events"
@@ -59,6 +62,63 @@ func (l *ledger) result(ctx context.Context, eventID string) (*record, error) {
 		return nil, nil // an unreadable record is no record; the event runs again
 	}
 	return &r, nil
+}
+
+// results reads the records of many event ids with one request — a batched direct get of
+// their keys' last messages — and returns those that have one, by event id. It is what a
+// replica reads for a batch of events it takes (see prefetch); an error leaves each event to
+// read its own.
+func (l *ledger) results(ctx context.Context, nc *nats.Conn, ids []string) (map[string]*record, error) {
+	byKey := make(map[string]string, len(ids))
+	subjects := make([]string, 0, len(ids))
+	for _, id := range ids {
+		subj := l.recordSubject(id)
+		if _, dup := byKey[subj]; !dup {
+			byKey[subj] = id
+			subjects = append(subjects, subj)
+		}
+	}
+	req, err := json.Marshal(struct {
+		MultiLast []string `json:"multi_last"`
+	}{subjects})
+	if err != nil {
+		return nil, err
+	}
+	inbox := nc.NewInbox()
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := nc.PublishRequest("$JS.API.DIRECT.GET.KV_"+l.kv.Bucket(), inbox, req); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	out := map[string]*record{}
+	for {
+		m, err := sub.NextMsgWithContext(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("ledger batch read: %w", err)
+		}
+		switch status := m.Header.Get("Status"); status {
+		case "":
+		case "204": // end of the batch
+			return out, nil
+		case "404": // none of them
+			return out, nil
+		default:
+			return nil, fmt.Errorf("ledger batch read: status %s %s", status, m.Header.Get("Description"))
+		}
+		id, ok := byKey[m.Header.Get("Nats-Subject")]
+		if op := m.Header.Get("KV-Operation"); !ok || op == "DEL" || op == "PURGE" {
+			continue
+		}
+		var r record
+		if json.Unmarshal(m.Data, &r) == nil && len(r.Result) > 0 {
+			out[id] = &r
+		}
+	}
 }
 
 // encodeRecord is the ledger value recording result (valid JSON) for an event of digest: the

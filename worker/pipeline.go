@@ -20,21 +20,24 @@ import (
 
 // entry is one event this replica holds, from its delivery until it is settled.
 type entry struct {
-	msg       jetstream.Msg
-	part      *partition
-	seq       uint64 // stream sequence
-	delivered uint64 // deliveries of the message, this one included
-	received  time.Time
-	arrived   time.Time // when this replica took it; the result's duration counts from here
-	ev        events.Event
-	decodeErr error
-	generated string // the id made up for an event that carries none
-	key       string // its object, the unit of ordering
-	digest    string // of the event, once it decodes (events.Event.Digest)
-	w         *Worker
-	log       *slog.Logger    // made when first needed: most events log nothing below info
-	trace     context.Context // the event's trace: its span, or the context its publisher sent
-	span      trace.Span      // the processing span, when tracing is on
+	msg          jetstream.Msg
+	part         *partition
+	seq          uint64 // stream sequence
+	delivered    uint64 // deliveries of the message, this one included
+	received     time.Time
+	arrived      time.Time // when this replica took it; the result's duration counts from here
+	ev           events.Event
+	decodeErr    error
+	generated    string // the id made up for an event that carries none
+	key          string // its object, the unit of ordering
+	digest       string // of the event, once it decodes (events.Event.Digest)
+	w            *Worker
+	log          *slog.Logger    // made when first needed: most events log nothing below info
+	prefetched   bool            // prior was read with the event's batch, at prefetchedAt
+	prefetchedAt time.Time       //
+	prior        *record         // its id's ledger record then (nil: none)
+	trace        context.Context // the event's trace: its span, or the context its publisher sent
+	span         trace.Span      // the processing span, when tracing is on
 
 	// Pipeline state, kept across waits.
 	step      int         // the next step to run
@@ -184,7 +187,7 @@ func (w *Worker) settle(ctx context.Context, e *entry, v verdict) {
 		w.progress.made()
 		e.endSpan(v)
 		w.sched.done(e)
-		e.part.settled()
+		e.part.settled(e)
 	case verdictWait:
 		if !e.part.owned.Load() {
 			w.handBack(e, 0, deferReleased) // its partition went to another replica while it ran
@@ -237,7 +240,7 @@ func (w *Worker) handBack(e *entry, delay time.Duration, reason deferReason) {
 	w.m.redeliver.WithLabelValues(actionLabel(e.ev.Action), string(reason)).Inc()
 	e.endSpan(verdict{kind: verdictHandBack, reason: reason})
 	w.sched.done(e)
-	e.part.settled()
+	e.part.settled(e)
 }
 
 func rejected(ev events.Event, rej *events.Rejection) events.Result {

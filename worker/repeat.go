@@ -21,7 +21,14 @@ func (w *Worker) repeat(ctx context.Context, e *entry) verdict {
 	if e.ev.ID == e.generated {
 		return next()
 	}
-	prior, err := w.ledger.result(ctx, e.ev.ID)
+	var prior *record
+	var err error
+	if e.prefetched && time.Since(e.prefetchedAt) < prefetchValid {
+		prior = e.prior // read with its batch (prefetch), no other event with its id held since
+	} else {
+		prior, err = w.ledger.result(ctx, e.ev.ID)
+	}
+	e.prefetched, e.prior = false, nil
 	switch {
 	case err != nil:
 		e.logger().Warn("ledger unavailable; event waits", "error", err)

@@ -15,6 +15,8 @@ import (
 type scheduler struct {
 	mu      sync.Mutex
 	cond    *sync.Cond          // runners wait here for ready events
+	room    *sync.Cond          // feeds wait here for room (see waitRoom)
+	parked  int                 // events in queues whose head waits
 	objects map[string][]*entry // by object key; the head is [0]
 	total   int                 // events held
 	ready   []*entry            // heads that may run now, oldest first
@@ -26,8 +28,52 @@ type scheduler struct {
 
 func newScheduler() *scheduler {
 	s := &scheduler{objects: map[string][]*entry{}, held: map[*entry]bool{}, down: map[string]map[*entry]bool{}}
-	s.cond = sync.NewCond(&s.mu)
+	s.cond, s.room = sync.NewCond(&s.mu), sync.NewCond(&s.mu)
 	return s
+}
+
+// parkedIn is how many events of key's queue count as parked: all of them while its head waits.
+func (s *scheduler) parkedIn(key string) int {
+	if q := s.objects[key]; len(q) > 0 && q[0].state == stateWaiting {
+		return len(q)
+	}
+	return 0
+}
+
+// change applies f to key's queue, keeping the parked count and waking a feed if there is
+// room again.
+func (s *scheduler) change(key string, f func()) {
+	before := s.parkedIn(key)
+	f()
+	s.parked += s.parkedIn(key) - before
+	s.room.Broadcast()
+}
+
+// waitRoom waits until the events held and not parked — those that will run soon — are at
+// most half of limit, and returns how many more may be taken: a burst is taken in as fast as
+// the runners take it, not all at once, while waiting events (held by a limit, behind a
+// target that is down) leave room for the rest. It returns 0 once stop is closed.
+func (s *scheduler) waitRoom(limit int, stop <-chan struct{}) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for {
+		select {
+		case <-stop:
+			return 0
+		default:
+		}
+		if active := s.total - s.parked; active <= limit/2 {
+			return limit - active
+		}
+		s.room.Wait()
+	}
+}
+
+// poke wakes the feeds waiting for room, to look at their stop channel.
+func (s *scheduler) poke() {
+	s.mu.Lock()
+	s.room.Broadcast()
+	s.mu.Unlock()
 }
 
 // add queues e behind the earlier events about its object; it is ready at once if there are
@@ -54,11 +100,13 @@ func (s *scheduler) addAll(es []*entry) bool {
 func (s *scheduler) addLocked(e *entry) {
 	e.kept = time.Now()
 	s.total++
-	q := append(s.objects[e.key], e)
-	s.objects[e.key] = q
-	if len(q) == 1 {
-		s.readyLocked(e)
-	}
+	s.change(e.key, func() {
+		q := append(s.objects[e.key], e)
+		s.objects[e.key] = q
+		if len(q) == 1 {
+			s.readyLocked(e)
+		}
+	})
 }
 
 func (s *scheduler) readyLocked(e *entry) {
@@ -99,17 +147,19 @@ func (s *scheduler) removeLocked(e *entry) {
 		return // not held here (taken behind a fence, or removed already)
 	}
 	s.total--
-	e.state = stateGone
-	s.stopWaitLocked(e)
-	q = append(q[:i:i], q[i+1:]...)
-	if len(q) == 0 {
-		delete(s.objects, e.key)
-		return
-	}
-	s.objects[e.key] = q
-	if q[0].state == stateQueued {
-		s.readyLocked(q[0])
-	}
+	s.change(e.key, func() {
+		e.state = stateGone
+		s.stopWaitLocked(e)
+		q = append(q[:i:i], q[i+1:]...)
+		if len(q) == 0 {
+			delete(s.objects, e.key)
+			return
+		}
+		s.objects[e.key] = q
+		if q[0].state == stateQueued {
+			s.readyLocked(q[0])
+		}
+	})
 }
 
 // wait parks e, a head, until until (zero: until woken), for reason; a held event is woken by
@@ -120,7 +170,7 @@ func (s *scheduler) wait(e *entry, until time.Time, held bool, target string) {
 	if s.closed || e.state == stateGone {
 		return
 	}
-	e.state = stateWaiting
+	s.change(e.key, func() { e.state = stateWaiting })
 	e.wake++
 	token := e.wake
 	if held {
@@ -148,8 +198,10 @@ func (s *scheduler) wakeIf(e *entry, token int) {
 
 // wakeLocked makes e, a waiting head, ready.
 func (s *scheduler) wakeLocked(e *entry) {
-	s.stopWaitLocked(e)
-	s.readyLocked(e)
+	s.change(e.key, func() {
+		s.stopWaitLocked(e)
+		s.readyLocked(e)
+	})
 }
 
 func (s *scheduler) stopWaitLocked(e *entry) {
@@ -248,6 +300,7 @@ func (s *scheduler) close() {
 	defer s.mu.Unlock()
 	s.closed = true
 	s.cond.Broadcast()
+	s.room.Broadcast()
 }
 
 // drain removes and returns every event still held, once the runners have stopped.
@@ -262,7 +315,7 @@ func (s *scheduler) drain() []*entry {
 		s.stopWaitLocked(e)
 		e.state = stateGone
 	}
-	s.objects, s.ready, s.total = map[string][]*entry{}, nil, 0
+	s.objects, s.ready, s.total, s.parked = map[string][]*entry{}, nil, 0, 0
 	return out
 }
 

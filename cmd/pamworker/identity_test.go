@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"github.com/nats-io/nkeys"
 
 	"github.com/pamworker/pamworker/events"
+	"github.com/pamworker/pamworker/ingress"
 )
 
 // identity is a generated nkey user: its public key for the server, its seed file for a client.
@@ -75,12 +77,13 @@ func (id identity) connectWithErrors(t *testing.T, url string, opts ...nats.Opti
 func TestNATSIdentities(t *testing.T) {
 	t.Parallel()
 	playbook, worker, operator := newIdentity(t, "playbook"), newIdentity(t, "pamworker"), newIdentity(t, "operator")
+	ingressID := newIdentity(t, "ingress")
 	raw, err := os.ReadFile("../../deploy/nats/nats-server.conf")
 	if err != nil {
 		t.Fatal(err)
 	}
 	conf := strings.NewReplacer("PLAYBOOK_NKEY", playbook.public, "PAMWORKER_NKEY", worker.public,
-		"OPERATOR_NKEY", operator.public).Replace(string(raw))
+		"OPERATOR_NKEY", operator.public, "INGRESS_NKEY", ingressID.public).Replace(string(raw))
 	confPath := filepath.Join(t.TempDir(), "nats-server.conf")
 	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
@@ -262,5 +265,28 @@ func TestNATSIdentities(t *testing.T) {
 		if out, stderr, code := cli(t, opEnv, verb); code != 0 {
 			t.Errorf("operator %s: exit %d %s %s", verb, code, out, stderr)
 		}
+	}
+
+	// The ingress as its own process, under its identity: a result in the response, the 503 of
+	// a target that is down (the replicas' reports), and polling an event with no result yet
+	// (the event read back by its sequence, the results stream scanned).
+	token := "tok-identity-" + newEventID()
+	addCanary("ingress token", token)
+	ir := &ingressRig{rig: r, addr: freeAddr(t), tokens: map[string]string{"soar": token}, seen: observedIn(t)}
+	startProc(t, append(as(ingressID, "_INBOX.ingress"), "PAMWORKER_INGRESS_ADDR="+ir.addr,
+		"PAMWORKER_INGRESS_CALLERS=soar:"+ingress.HashToken(token)+":pam.session.drop"), "ingress")
+	if resp, b := ir.post(t, events.SessionDrop, "soar", `{"session_id":"`+r.segura.AddSession()+`"}`); resp.StatusCode != 200 {
+		t.Errorf("ingress under its identity: %d\n%s", resp.StatusCode, b)
+	}
+	r.segura.SetRevoked(true)
+	resp, b := ir.post(t, events.SessionDrop, "soar", `{"session_id":"`+r.segura.AddSession()+`"}`, "Prefer", "wait=3")
+	var pending pendingBody
+	_ = json.Unmarshal(b, &pending)
+	if resp.StatusCode != 503 || pending.TargetState != "refused" {
+		t.Errorf("ingress under its identity, target down: %d\n%s", resp.StatusCode, b)
+	}
+	r.segura.SetRevoked(false)
+	if res := decodeResult(t, pollResult(t, ir, resp.Header.Get("Location"), "soar", 200)); res.Status != events.Succeeded {
+		t.Errorf("polled result under the ingress identity: %+v", res)
 	}
 }

@@ -384,6 +384,9 @@ func TestIngressActions(t *testing.T) {
 	if !strings.Contains(w.logs.String(), "authentication") {
 		t.Error("failed authentication is not logged")
 	}
+	if strings.Contains(w.logs.String(), "does not list") {
+		t.Error("the ingress answered a status its OpenAPI document does not list")
+	}
 	ir.checkOpenAPI(t)
 }
 
@@ -442,6 +445,10 @@ func TestIngressSlowVendor(t *testing.T) {
 	}
 	if resp, _ := ir.post(t, events.CredentialDisable, "soar", `{"credential_id":80}`, "Prefer", "wait=0", "Idempotency-Key", "slow-1"); resp.StatusCode != 202 {
 		t.Errorf("retried POST while pending: %d", resp.StatusCode)
+	}
+	// The same key with another body while the first is pending: refused, not "pending".
+	if resp, b := ir.post(t, events.CredentialEnable, "soar", `{"credential_id":80}`, "Prefer", "wait=0", "Idempotency-Key", "slow-1"); resp.StatusCode != 422 || !strings.Contains(string(b), events.CodeIDConflict) {
+		t.Errorf("another body under a pending key: %d\n%s", resp.StatusCode, b)
 	}
 	res := decodeResult(t, pollResult(t, ir, pending.Location, "soar", 200))
 	if res.EventID != "slow-1" || res.Status != events.Succeeded {

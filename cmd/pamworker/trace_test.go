@@ -1,7 +1,7 @@
 package main
 
 import (
-	"encoding/hex"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -11,63 +11,88 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	coltrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
-	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
-	"google.golang.org/protobuf/proto"
+	"go.opentelemetry.io/collector/pdata/pcommon"
+	"go.opentelemetry.io/collector/pdata/ptrace"
 
 	"github.com/pamworker/pamworker/events"
 )
 
 // otlpReceiver is an in-process OTLP/HTTP trace receiver: what the worker exports over the
-// real protocol, decoded.
+// real protocol, decoded by the OpenTelemetry Collector's own OTLP JSON decoder (pdata).
 type otlpReceiver struct {
 	mu    sync.Mutex
-	spans []*tracepb.Span
+	spans []gotSpan
 	url   string
+}
+
+// gotSpan is one received span.
+type gotSpan struct {
+	traceID, spanID, parentID, name string
+	kind                            ptrace.SpanKind
+	attrs                           map[string]string
+	text                            string // everything it holds, to scan for secrets
 }
 
 func newOTLPReceiver(t *testing.T) *otlpReceiver {
 	t.Helper()
 	o := &otlpReceiver{}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/v1/traces" {
-			http.NotFound(w, r)
+		if r.URL.Path != "/v1/traces" || r.Header.Get("Content-Type") != "application/json" {
+			http.Error(w, "want application/json on /v1/traces", http.StatusUnsupportedMediaType)
 			return
 		}
 		body, _ := io.ReadAll(r.Body)
-		var req coltrace.ExportTraceServiceRequest
-		if err := proto.Unmarshal(body, &req); err != nil {
+		traces, err := (&ptrace.JSONUnmarshaler{}).UnmarshalTraces(body)
+		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
+			t.Errorf("the OTLP receiver could not decode an export: %v\n%s", err, body)
 			return
 		}
 		o.mu.Lock()
-		for _, rs := range req.ResourceSpans {
-			for _, ss := range rs.ScopeSpans {
-				o.spans = append(o.spans, ss.Spans...)
+		for i := 0; i < traces.ResourceSpans().Len(); i++ {
+			ss := traces.ResourceSpans().At(i).ScopeSpans()
+			for j := 0; j < ss.Len(); j++ {
+				spans := ss.At(j).Spans()
+				for k := 0; k < spans.Len(); k++ {
+					o.spans = append(o.spans, received(spans.At(k)))
+				}
 			}
 		}
 		o.mu.Unlock()
-		out, _ := proto.Marshal(&coltrace.ExportTraceServiceResponse{})
-		w.Header().Set("Content-Type", "application/x-protobuf")
-		_, _ = w.Write(out)
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte("{}"))
 	}))
 	t.Cleanup(srv.Close)
 	o.url = srv.URL
 	return o
 }
 
+func received(sp ptrace.Span) gotSpan {
+	g := gotSpan{traceID: sp.TraceID().String(), spanID: sp.SpanID().String(), parentID: sp.ParentSpanID().String(),
+		name: sp.Name(), kind: sp.Kind(), attrs: map[string]string{}}
+	sp.Attributes().Range(func(k string, v pcommon.Value) bool {
+		g.attrs[k] = v.AsString()
+		return true
+	})
+	g.text = fmt.Sprint(g.name, g.attrs)
+	for e := 0; e < sp.Events().Len(); e++ {
+		g.text += " " + sp.Events().At(e).Name() + fmt.Sprint(sp.Events().At(e).Attributes().AsRaw())
+	}
+	return g
+}
+
 // trace returns the spans of traceID (hex) once every kind in want is among them.
-func (o *otlpReceiver) trace(t *testing.T, traceID string, want ...tracepb.Span_SpanKind) []*tracepb.Span {
+func (o *otlpReceiver) trace(t *testing.T, traceID string, want ...ptrace.SpanKind) []gotSpan {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		o.mu.Lock()
-		var got []*tracepb.Span
-		kinds := map[tracepb.Span_SpanKind]bool{}
+		var got []gotSpan
+		kinds := map[ptrace.SpanKind]bool{}
 		for _, s := range o.spans {
-			if hex.EncodeToString(s.TraceId) == traceID {
+			if s.traceID == traceID {
 				got = append(got, s)
-				kinds[s.Kind] = true
+				kinds[s.kind] = true
 			}
 		}
 		o.mu.Unlock()
@@ -85,23 +110,23 @@ func (o *otlpReceiver) trace(t *testing.T, traceID string, want ...tracepb.Span_
 	}
 }
 
-func spanOf(spans []*tracepb.Span, kind tracepb.Span_SpanKind) *tracepb.Span {
+func spanOf(spans []gotSpan, kind ptrace.SpanKind) gotSpan {
 	for _, s := range spans {
-		if s.Kind == kind {
+		if s.kind == kind {
 			return s
 		}
 	}
-	return nil
+	return gotSpan{}
 }
 
 // spanNamed waits for the span of traceID called name (the vendor call comes after the token
 // request, both client spans).
-func spanNamed(t *testing.T, o *otlpReceiver, traceID, name string) *tracepb.Span {
+func spanNamed(t *testing.T, o *otlpReceiver, traceID, name string) gotSpan {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		for _, s := range o.trace(t, traceID) {
-			if s.Name == name {
+			if s.name == name {
 				return s
 			}
 		}
@@ -110,15 +135,6 @@ func spanNamed(t *testing.T, o *otlpReceiver, traceID, name string) *tracepb.Spa
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-func attr(s *tracepb.Span, key string) string {
-	for _, a := range s.Attributes {
-		if a.Key == key {
-			return a.Value.GetStringValue()
-		}
-	}
-	return ""
 }
 
 // TestTraceEndToEnd follows one action from a SOAR tool's HTTP request through NATS and the
@@ -142,53 +158,44 @@ func TestTraceEndToEnd(t *testing.T) {
 		t.Fatalf("POST: %d\n%s", resp.StatusCode, b)
 	}
 	eventID := decodeResult(t, b).EventID
-	resultHeader := resultTraceparent(t, results, eventID)
-	if !strings.HasPrefix(resultHeader, "00-"+traceID+"-") {
-		t.Errorf("the result's traceparent %q is not in the caller's trace %s", resultHeader, traceID)
+	if h := resultTraceparent(t, results, eventID); !strings.HasPrefix(h, "00-"+traceID+"-") {
+		t.Errorf("the result's traceparent %q is not in the caller's trace %s", h, traceID)
 	}
 
-	spans := otlp.trace(t, traceID, tracepb.Span_SPAN_KIND_SERVER, tracepb.Span_SPAN_KIND_PRODUCER, tracepb.Span_SPAN_KIND_CONSUMER, tracepb.Span_SPAN_KIND_CLIENT)
-	server, producer := spanOf(spans, tracepb.Span_SPAN_KIND_SERVER), spanOf(spans, tracepb.Span_SPAN_KIND_PRODUCER)
-	consumer, client := spanOf(spans, tracepb.Span_SPAN_KIND_CONSUMER), spanNamed(t, otlp, traceID, "HTTP DELETE")
-	for _, link := range []struct {
-		child, parent *tracepb.Span
-		parentID      string
-	}{
-		{server, nil, parent},
-		{producer, server, ""},
-		{consumer, producer, ""},
-		{client, consumer, ""},
+	spans := otlp.trace(t, traceID, ptrace.SpanKindServer, ptrace.SpanKindProducer, ptrace.SpanKindConsumer, ptrace.SpanKindClient)
+	server, producer := spanOf(spans, ptrace.SpanKindServer), spanOf(spans, ptrace.SpanKindProducer)
+	consumer, client := spanOf(spans, ptrace.SpanKindConsumer), spanNamed(t, otlp, traceID, "HTTP DELETE")
+	for _, link := range []struct{ child, parent gotSpan }{
+		{server, gotSpan{spanID: parent}},
+		{producer, server},
+		{consumer, producer},
+		{client, consumer},
 	} {
-		want := link.parentID
-		if link.parent != nil {
-			want = hex.EncodeToString(link.parent.SpanId)
-		}
-		if got := hex.EncodeToString(link.child.ParentSpanId); got != want {
-			t.Errorf("span %q: parent %s, want %s", link.child.Name, got, want)
+		if link.child.parentID != link.parent.spanID {
+			t.Errorf("span %q: parent %s, want %s", link.child.name, link.child.parentID, link.parent.spanID)
 		}
 	}
-	if server.Name != "POST /v1/actions/{subject}" || producer.Name != "send pam.session.drop" || consumer.Name != "process pam.session.drop" || client.Name != "HTTP DELETE" {
-		t.Errorf("span names: %q %q %q %q", server.Name, producer.Name, consumer.Name, client.Name)
+	if server.name != "POST /v1/actions/{subject}" || producer.name != "send pam.session.drop" || consumer.name != "process pam.session.drop" || client.name != "HTTP DELETE" {
+		t.Errorf("span names: %q %q %q %q", server.name, producer.name, consumer.name, client.name)
 	}
-	for _, s := range []*tracepb.Span{producer, consumer} {
-		if attr(s, "messaging.system") != "nats" || attr(s, "messaging.destination.name") != events.SessionDrop || attr(s, "messaging.message.id") != eventID {
-			t.Errorf("span %q lacks the messaging attributes: %v", s.Name, s.Attributes)
+	for _, s := range []gotSpan{producer, consumer} {
+		if s.attrs["messaging.system"] != "nats" || s.attrs["messaging.destination.name"] != events.SessionDrop || s.attrs["messaging.message.id"] != eventID {
+			t.Errorf("span %q lacks the messaging attributes: %v", s.name, s.attrs)
 		}
 	}
-	if u := attr(client, "url.full"); !strings.HasSuffix(u, "/api/pam/session/drop/%7Bid%7D") || attr(client, "url.template") != "/api/pam/session/drop/{id}" ||
-		attr(client, "pamworker.target") != "segura/default" {
-		t.Errorf("vendor span: url.full %q, url.template %q, target %q", u, attr(client, "url.template"), attr(client, "pamworker.target"))
+	if u := client.attrs["url.full"]; !strings.HasSuffix(u, "/api/pam/session/drop/%7Bid%7D") || client.attrs["url.template"] != "/api/pam/session/drop/{id}" ||
+		client.attrs["pamworker.target"] != "segura/default" {
+		t.Errorf("vendor span: %v", client.attrs)
 	}
-	if attr(consumer, "pamworker.status") != "succeeded" {
-		t.Errorf("process span status %q", attr(consumer, "pamworker.status"))
+	if consumer.attrs["pamworker.status"] != "succeeded" {
+		t.Errorf("process span status %q", consumer.attrs["pamworker.status"])
 	}
 	// No session id, token or other canary in any span.
 	for _, s := range spans {
-		text := s.String()
-		if strings.Contains(text, session) {
-			t.Errorf("span %q holds the session id", s.Name)
+		if strings.Contains(s.text, session) {
+			t.Errorf("span %q holds the session id", s.name)
 		}
-		scanForSecrets(t, "span "+s.Name, text)
+		scanForSecrets(t, "span "+s.name, s.text)
 	}
 
 	// An event published straight to NATS with a traceparent continues that trace.
@@ -200,9 +207,9 @@ func TestTraceEndToEnd(t *testing.T) {
 	if h := resultTraceparent(t, results, "direct-1"); !strings.HasPrefix(h, "00-"+direct+"-") {
 		t.Errorf("direct event's result traceparent %q", h)
 	}
-	spans = otlp.trace(t, direct, tracepb.Span_SPAN_KIND_CONSUMER, tracepb.Span_SPAN_KIND_CLIENT)
-	if c := spanOf(spans, tracepb.Span_SPAN_KIND_CONSUMER); hex.EncodeToString(c.ParentSpanId) != directParent {
-		t.Errorf("direct event's span parent %x, want %s", c.ParentSpanId, directParent)
+	spans = otlp.trace(t, direct, ptrace.SpanKindConsumer, ptrace.SpanKindClient)
+	if c := spanOf(spans, ptrace.SpanKindConsumer); c.parentID != directParent {
+		t.Errorf("direct event's span parent %s, want %s", c.parentID, directParent)
 	}
 }
 

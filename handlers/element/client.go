@@ -98,7 +98,7 @@ func (c *Client) call(ctx context.Context, method string, params, out any) (int,
 	req.Header.Set("Content-Type", "application/json-rpc")
 	req.Header.Set("Accept", "application/json")
 	req.SetBasicAuth(c.username, c.password.Reveal())
-	resp, err := c.hc.Do(req)
+	resp, err := handlers.Send(c.hc, req)
 	if err != nil {
 		return 0, handlers.TransportError(ctx, err)
 	}

@@ -187,17 +187,17 @@ func (c *Client) call(ctx context.Context, op operation, req Request, limit int6
 
 // send makes one HTTP request. authRefused reports a reply that means the token was refused.
 func (c *Client) send(ctx context.Context, op operation, r Request, tok *oauth2.Token, limit int64) (out handlers.Outcome, body []byte, authRefused bool, err error) {
+	if call, ok := handlers.CallFrom(ctx); ok && r.route != "" {
+		call.Route = r.route
+		ctx = handlers.WithCall(ctx, call)
+	}
 	req, err := http.NewRequestWithContext(ctx, r.Method, r.URL, nil)
 	if err != nil {
 		return out, nil, false, &handlers.PermanentError{VendorError: handlers.VendorError{Code: "bad_request", Message: err.Error()}}
 	}
-	if call, ok := handlers.CallFrom(ctx); ok {
-		call.Route = r.route
-		req = req.WithContext(handlers.WithCall(ctx, call))
-	}
-	req.Header.Set("Authorization", "Bearer "+tok.AccessToken)
-	req.Header.Set("Accept", "application/json")
-	resp, err := c.hc.Do(req)
+	req.Header["Authorization"] = []string{"Bearer " + tok.AccessToken}
+	req.Header["Accept"] = []string{"application/json"}
+	resp, err := handlers.Send(c.hc, req)
 	if err != nil {
 		return out, nil, false, handlers.TransportError(ctx, err)
 	}
