@@ -56,7 +56,7 @@ func main() {
 	flag.DurationVar(&o.soak, "soak", 0, "run pamworker alone at a steady -rate for this long, printing its memory and goroutines (e.g. 10m)")
 	flag.IntVar(&o.rate, "rate", 200, "soak: events per second")
 	workers := flag.String("workers", kindBaseline+","+kindPam, "rounds: workers run in turn in every round, the first is the reference: "+strings.Join(workerKinds, ", "))
-	scenarios := flag.String("scenarios", "all", "scenarios to run (burst, hangs, slow, replicas, one-replica, kill, outage, resume, all), or rounds: alternating burst rounds of -workers")
+	scenarios := flag.String("scenarios", "all", "scenarios to run (burst, hangs, slow, replicas, one-replica, kill, outage, resume, ingress, all), or rounds: alternating burst rounds of -workers")
 	flag.IntVar(&o.partitions, "partitions", 2, "PAMWORKER_PARTITIONS for the replica scenarios; 0 for a build that does not know it")
 	flag.Parse()
 	o.workers = strings.Split(*workers, ",")

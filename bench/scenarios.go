@@ -96,7 +96,15 @@ func (b *bench) runScenarios(ctx context.Context) error {
 			rows = append(rows, row)
 		}
 	}
-	printScenarios(rows)
+	if len(rows) > 0 {
+		printScenarios(rows)
+	}
+	if slices.Contains(b.opts.scenarios, "ingress") || slices.Contains(b.opts.scenarios, "all") {
+		fmt.Println()
+		if err := b.runIngress(ctx); err != nil {
+			return err
+		}
+	}
 	return b.reset(ctx)
 }
 
