@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 	"unicode"
 
@@ -25,6 +26,7 @@ import (
 	"github.com/pamworker/pamworker/handlers"
 	"github.com/pamworker/pamworker/handlers/element"
 	"github.com/pamworker/pamworker/handlers/segura"
+	"github.com/pamworker/pamworker/ingress"
 	"github.com/pamworker/pamworker/sandbox"
 	"github.com/pamworker/pamworker/telemetry"
 	"github.com/pamworker/pamworker/worker"
@@ -39,8 +41,14 @@ func newEventID() string { return ulid.Make().String() }
 // runWorker wires configuration, broker, vendor clients, metrics and the worker, and runs until
 // ctx is done. Every failure to start is one clear line on stderr and exit status 1.
 func runWorker(ctx context.Context, withSandbox bool, getenv func(string) string, environ []string, stderr io.Writer) int {
+	sandboxToken := ""
 	if withSandbox {
-		getenv = sandboxEnv(getenv)
+		var err error
+		if sandboxToken, err = newToken(); err != nil {
+			fmt.Fprintln(stderr, "pamworker:", err)
+			return exitFailed
+		}
+		getenv = sandboxEnv(getenv, sandboxToken)
 	}
 	cfg, err := config.Load(getenv, environ)
 	if err != nil {
@@ -57,7 +65,7 @@ func runWorker(ctx context.Context, withSandbox bool, getenv func(string) string
 	if telemetry.Enabled() {
 		log.Info("tracing on (OTEL_* variables)")
 	}
-	if err := serve(ctx, cfg, withSandbox, log); err != nil {
+	if err := serve(ctx, cfg, withSandbox, sandboxToken, log); err != nil {
 		log.Error("pamworker stopped", "error", err.Error())
 		fmt.Fprintln(stderr, "pamworker:", err)
 		return exitFailed
@@ -65,7 +73,8 @@ func runWorker(ctx context.Context, withSandbox bool, getenv func(string) string
 	return exitOK
 }
 
-func serve(ctx context.Context, cfg config.Config, withSandbox bool, log *slog.Logger) error {
+func serve(ctx context.Context, cfg config.Config, withSandbox bool, sandboxToken string, log *slog.Logger) error {
+	sandboxAddr := false // the ingress is on the sandbox's own address, not one the user chose
 	if withSandbox {
 		env, err := sandbox.Start(ctx, log)
 		if err != nil {
@@ -73,11 +82,12 @@ func serve(ctx context.Context, cfg config.Config, withSandbox bool, log *slog.L
 		}
 		defer env.Close()
 		simulate(&cfg, env, log)
-		token, path, err := sandboxIngress(&cfg)
+		sandboxAddr = cfg.Ingress.Addr == sandboxIngressAddr
+		path, err := writeSandboxToken(cfg.DataDir, sandboxToken)
 		if err != nil {
 			return fmt.Errorf("sandbox ingress token: %w", err)
 		}
-		log.Info("sandbox: the HTTP ingress takes actions with this demo token (also in "+path+")", "addr", cfg.Ingress.Addr, "token", token,
+		log.Info("sandbox: the HTTP ingress takes actions with this demo token (also in "+path+")", "addr", cfg.Ingress.Addr, "token", sandboxToken,
 			"try", `curl -H "Authorization: Bearer $(cat `+path+`)" -d '{"session_id":"<id>"}' http://`+cfg.Ingress.Addr+`/v1/actions/pam.session.drop`)
 	}
 	for _, t := range cfg.Insecure() {
@@ -159,11 +169,17 @@ func serve(ctx context.Context, cfg config.Config, withSandbox bool, log *slog.L
 
 	if cfg.Ingress.Addr != "" {
 		stop, err := startIngress(cfg, nc, reg, log)
-		if err != nil {
+		switch {
+		case err == nil:
+			defer stop()
+			context.AfterFunc(ctx, stop) // no new requests once shutting down
+		case sandboxAddr && errors.Is(err, syscall.EADDRINUSE):
+			// The walk-through must not fail for an optional part: say so and go on.
+			log.Warn("sandbox: the HTTP ingress's address is taken; running without it (set PAMWORKER_INGRESS_ADDR to another address)",
+				"addr", cfg.Ingress.Addr)
+		default:
 			return err
 		}
-		defer stop()
-		context.AfterFunc(ctx, stop) // no new requests once shutting down
 	}
 
 	ln, err := net.Listen("tcp", cfg.HTTPAddr)
@@ -238,12 +254,24 @@ func protected(cfg config.Config) guard.Protected {
 // sandboxEnv stands in for the default targets' addresses and logins when they are not set, so
 // that a sandbox run may set protection lists alone (PAMWORKER_SEGURA_PROTECTED_CREDENTIALS
 // ...): simulate replaces addresses and logins with the simulators' anyway.
-func sandboxEnv(getenv func(string) string) func(string) string {
+//
+// It also turns the ingress on — on sandboxIngressAddr unless PAMWORKER_INGRESS_ADDR says
+// otherwise — with a caller "sandbox" that may post every action with token, beside any
+// callers configured (unless they come from a file).
+func sandboxEnv(getenv func(string) string, token string) func(string) string {
 	stand := map[string]string{
 		"PAMWORKER_SEGURA_URL": "https://sandbox.invalid", "PAMWORKER_SEGURA_CLIENT_ID": "sandbox", "PAMWORKER_SEGURA_CLIENT_SECRET": "sandbox",
 		"PAMWORKER_ELEMENT_URL": "https://sandbox.invalid/json-rpc/12.0", "PAMWORKER_ELEMENT_USERNAME": "sandbox", "PAMWORKER_ELEMENT_PASSWORD": "sandbox",
+		"PAMWORKER_INGRESS_ADDR": sandboxIngressAddr,
 	}
+	caller := "sandbox:" + ingress.HashToken(token) + ":>"
 	return func(name string) string {
+		if name == "PAMWORKER_INGRESS_CALLERS" && getenv(name+"_FILE") == "" {
+			if v := getenv(name); v != "" {
+				return v + ";" + caller
+			}
+			return caller
+		}
 		if v := getenv(name); v != "" {
 			return v
 		}

@@ -412,7 +412,7 @@ func TestAttackSandboxKeepsProtection(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			client := []string{"PAMWORKER_NATS_LISTEN=" + freeAddr(t), "PAMWORKER_DATA_DIR=" + filepath.Join(t.TempDir(), "data")}
-			w := startWorker(t, append(append(append([]string(nil), client...), protection...), targets...), "--sandbox")
+			w := startWorker(t, append(append(append([]string{"PAMWORKER_INGRESS_ADDR=" + freeAddr(t)}, client...), protection...), targets...), "--sandbox")
 			env := client // send, in another terminal, needs only the broker
 			for _, tc := range []struct{ subject, payload string }{
 				{events.CredentialDisable, `{"credential_id":94}`},

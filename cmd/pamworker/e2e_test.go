@@ -569,8 +569,9 @@ func TestTwoReplicasSplitWork(t *testing.T) {
 // simulators, then drops a session with `send` alone.
 func TestSandboxNewcomer(t *testing.T) {
 	t.Parallel()
-	env := []string{"PAMWORKER_NATS_LISTEN=" + freeAddr(t), "PAMWORKER_DATA_DIR=" + filepath.Join(t.TempDir(), "data")}
-	startWorker(t, env, "--sandbox")
+	data, ingressAddr := filepath.Join(t.TempDir(), "data"), freeAddr(t)
+	env := []string{"PAMWORKER_NATS_LISTEN=" + freeAddr(t), "PAMWORKER_DATA_DIR=" + data}
+	w := startWorker(t, append(env, "PAMWORKER_INGRESS_ADDR="+ingressAddr), "--sandbox")
 	stdout, stderr, code := send(t, env, events.SessionDrop, `{"session_id":"`+sandbox.SandboxSessions()[0]+`"}`, "--wait", "20s")
 	if code != 0 || !strings.Contains(stdout, `"status": "succeeded"`) {
 		t.Fatalf("exit %d\nstdout: %s\nstderr: %s", code, stdout, stderr)
@@ -578,6 +579,42 @@ func TestSandboxNewcomer(t *testing.T) {
 	stdout, _, code = send(t, env, events.CredentialDisable, `{"username":"root","hostname":"db01"}`, "--wait", "20s")
 	if code != 0 || !strings.Contains(stdout, "Credential successfully deactivated") {
 		t.Fatalf("exit %d\n%s", code, stdout)
+	}
+	// The ingress, with the demo token the sandbox wrote and logged, as the README's curl.
+	raw, err := os.ReadFile(filepath.Join(data, "sandbox-ingress-token"))
+	token := strings.TrimSpace(string(raw))
+	if err != nil || len(token) < 20 || !strings.Contains(w.logs.String(), token) {
+		t.Fatalf("sandbox token: %v %q", err, token)
+	}
+	ir := &ingressRig{addr: ingressAddr, tokens: map[string]string{"sandbox": token}, seen: observedIn(t)}
+	resp, b := ir.post(t, events.CredentialDisable, "sandbox", `{"credential_id":95,"correlation_id":"INC-4711"}`, "Idempotency-Key", "try-1")
+	if res := decodeResult(t, b); resp.StatusCode != 200 || res.Status != events.Succeeded || res.RequestedBy != "sandbox" {
+		t.Errorf("sandbox ingress: %d\n%s", resp.StatusCode, b)
+	}
+}
+
+// TestSandboxIngressPortTaken: the sandbox runs without its ingress, and says so, when its
+// default address is taken; an address the user chose must be free.
+func TestSandboxIngressPortTaken(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:9465")
+	if err != nil {
+		t.Skip("127.0.0.1:9465 is in use by something else; the case needs it")
+	}
+	defer ln.Close()
+	env := []string{"PAMWORKER_NATS_LISTEN=" + freeAddr(t), "PAMWORKER_DATA_DIR=" + filepath.Join(t.TempDir(), "data")}
+	w := startWorker(t, env, "--sandbox")
+	if !strings.Contains(w.logs.String(), "running without it") {
+		t.Error("no word that the ingress did not start")
+	}
+	other, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	taken := other.Addr().String()
+	if out, code := runToExit(t, append(env, "PAMWORKER_INGRESS_ADDR="+taken, "PAMWORKER_NATS_LISTEN="+freeAddr(t)), "--sandbox"); code != 1 || !strings.Contains(out, "PAMWORKER_INGRESS_ADDR") {
+		t.Errorf("a chosen address taken: exit %d\n%s", code, out)
 	}
 }
 

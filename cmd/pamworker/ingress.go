@@ -201,27 +201,22 @@ func loopback(host string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-// sandboxIngress turns the ingress on for --sandbox: on sandboxIngressAddr unless an address
-// is configured, with a caller "sandbox" that may post every action, its token generated now,
-// written to the data directory and returned to be printed.
-func sandboxIngress(cfg *config.Config) (token, path string, err error) {
-	if cfg.Ingress.Addr == "" {
-		cfg.Ingress.Addr = sandboxIngressAddr
-	}
-	b := make([]byte, 24)
+// newToken makes a bearer token: 32 random bytes, base64url.
+func newToken() (string, error) {
+	b := make([]byte, 32)
 	if _, err := rand.Read(b); err != nil {
-		return "", "", err
+		return "", err
 	}
-	token = "pwsandbox_" + base64.RawURLEncoding.EncodeToString(b)
-	cfg.Ingress.Callers = append(cfg.Ingress.Callers, config.Caller{Name: "sandbox", TokenSHA256: ingress.HashToken(token), Subjects: []string{">"}})
-	path = filepath.Join(cfg.DataDir, sandboxTokenFile)
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return "", "", err
+	return base64.RawURLEncoding.EncodeToString(b), nil
+}
+
+// writeSandboxToken writes the sandbox's demo token where the walk-through reads it.
+func writeSandboxToken(dataDir, token string) (string, error) {
+	path := filepath.Join(dataDir, sandboxTokenFile)
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return "", err
 	}
-	if err := os.WriteFile(path, []byte(token+"\n"), 0o600); err != nil {
-		return "", "", err
-	}
-	return token, path, nil
+	return path, os.WriteFile(path, []byte(token+"\n"), 0o600)
 }
 
 // hashToken prints the SHA-256 of a bearer token as the configuration holds it. The token is
@@ -231,12 +226,11 @@ func hashToken(args []string, stdout, stderr io.Writer, stdin io.Reader) int {
 	var token string
 	switch {
 	case len(args) == 1 && args[0] == "--generate":
-		b := make([]byte, 32)
-		if _, err := rand.Read(b); err != nil {
+		var err error
+		if token, err = newToken(); err != nil {
 			fmt.Fprintln(stderr, "pamworker ingress hash-token:", err)
 			return exitFailed
 		}
-		token = base64.RawURLEncoding.EncodeToString(b)
 		fmt.Fprintf(stdout, "token:        %s\ntoken_sha256: %s\n", token, ingress.HashToken(token))
 		return exitOK
 	case len(args) == 1 && !strings.HasPrefix(args[0], "-"):

@@ -81,11 +81,11 @@ func natsEnv(r *rig, url string, extra ...string) []string {
 
 // runToExit runs `pamworker run`, which is expected to stop at start, and returns its output
 // and exit status.
-func runToExit(t *testing.T, env []string) (string, int) {
+func runToExit(t *testing.T, env []string, args ...string) (string, int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, binary(t), "run")
+	cmd := exec.CommandContext(ctx, binary(t), append([]string{"run"}, args...)...)
 	cmd.Env = append(append(baseEnv(), env...), "PAMWORKER_HTTP_ADDR="+freeAddr(t))
 	out, err := cmd.CombinedOutput()
 	scanForSecrets(t, "pamworker run", string(out))
